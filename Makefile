@@ -1,0 +1,34 @@
+# Two commands: `make demo` and `make test`. Each creates .venv when it is missing and installs into it.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
+
+.PHONY: install test lint demo bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# CPU torch first (from local disk where available) so verl never pulls a CUDA build.
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[dev]"
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(PY) -m pytest -q tests
+
+lint: install
+	$(VENV)/bin/ruff check prefix_rft recipe scripts tests
+	$(VENV)/bin/ruff format --check prefix_rft recipe scripts tests
+
+demo: install
+	$(PY) scripts/cpu_demo.py
+
+bench: install
+	$(PY) scripts/bench_core.py
+
+clean:
+	rm -rf $(VENV)

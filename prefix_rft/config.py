@@ -1,0 +1,205 @@
+"""The ``prefix_rft:`` config block: every Prefix-RFT knob, its default (the paper's) and its meaning.
+
+The recipe yaml (``recipe/prefix_rft/config/prefix_rft_trainer.yaml``) carries the same keys; the
+trainer, the agent loop and the actor loss all build a :class:`PrefixRFTConfig` from that block with
+:func:`from_dict`, which validates every value and names the offending key on failure.
+
+No verl import here: the dataclasses are plain Python so the core and the tests can use them freely.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEDULES = ("cosine", "linear", "const")
+SAMPLERS = ("uniform", "beta")
+ENTROPY_SCOPES = ("mini_batch", "batch", "micro_batch")
+IS_MODES = ("ppo", "behavior_one", "luffy")
+ADV_MODES = ("group", "prefix_aware")
+
+
+class PrefixRFTConfigError(ValueError):
+    """A ``prefix_rft.*`` value is out of range; the message names the key and the fix."""
+
+
+@dataclass
+class RatioScheduleConfig:
+    """Prefix-ratio schedule (paper sec. 3 / A.2): l ~ U[low_t, high], low_t decays over training.
+
+    Attributes:
+        schedule: shape of the lower bound's decay: ``cosine`` (paper), ``linear`` or ``const``
+            (low_t = low_start forever). Default ``cosine``.
+        low_start: lower bound at step ``delay_steps`` (and before). Default 0.95.
+        low_end: lower bound reached after ``delay_steps + decay_steps`` steps. Default 0.05.
+        high: constant upper bound of the draw. Default 0.95. Set ``low_start=low_end=high=1.0``
+            with ``schedule=const`` for the LUFFY-style whole demonstration.
+        decay_steps: length of the decay in global steps. Default 500.
+        delay_steps: steps during which low_t stays at ``low_start`` before decaying. Default 0.
+        sampler: ``uniform`` (paper) or ``beta`` (a Beta(alpha, beta) draw stretched to [low_t, high]).
+        alpha, beta: Beta parameters when ``sampler=beta``. Default 1.0 / 1.0 (= uniform).
+        min_prefix_tokens: the prefix is never shorter than this many tokens (if the demo allows).
+            Default 1.
+    """
+
+    schedule: str = "cosine"
+    low_start: float = 0.95
+    low_end: float = 0.05
+    high: float = 0.95
+    decay_steps: int = 500
+    delay_steps: int = 0
+    sampler: str = "uniform"
+    alpha: float = 1.0
+    beta: float = 1.0
+    min_prefix_tokens: int = 1
+
+
+@dataclass
+class EntropyClipConfig:
+    """Entropy-based clipping of demo-prefix tokens (paper sec. 3).
+
+    Attributes:
+        enable: keep the advantage only on the highest-entropy demo tokens. Default true.
+        top_ratio: fraction k of demo-prefix tokens kept (top ceil(k*N) by old-policy entropy).
+            Default 0.2 (the paper's top-20%).
+        scope: the group the ranking runs over: ``mini_batch`` (paper: each PPO mini-batch),
+            ``batch`` (the whole training batch) or ``micro_batch`` (the authors' code; depends on
+            micro-batch size). Default ``mini_batch``.
+    """
+
+    enable: bool = True
+    top_ratio: float = 0.2
+    scope: str = "mini_batch"
+
+
+@dataclass
+class PrefixLossConfig:
+    """How demo-prefix tokens enter the PPO loss (paper sec. 3; options from the authors' code).
+
+    Attributes:
+        is_mode: importance ratio on prefix tokens: ``ppo`` (pi_theta / pi_old with the recomputed old
+            log-prob; the paper), ``behavior_one`` (behaviour prob = 1, ratio = pi_theta) or ``luffy``
+            (policy shaping pi / (pi + luffy_gamma)). Default ``ppo``.
+        luffy_gamma: gamma of the LUFFY shaping. Default 0.1.
+        sft_coef: weight of an extra NLL term on kept prefix tokens (UFT-style ablation). Default 0.0.
+        entropy_bonus_on_prefix: include prefix tokens in the entropy bonus. Default false.
+    """
+
+    is_mode: str = "ppo"
+    luffy_gamma: float = 0.1
+    sft_coef: float = 0.0
+    entropy_bonus_on_prefix: bool = False
+
+
+@dataclass
+class AdvantageConfig:
+    """Advantage estimator (paper A.2: Dr.GRPO).
+
+    Attributes:
+        mode: ``group`` (Dr.GRPO over the whole mixed group: the paper) or ``prefix_aware``
+            (baseline = mean of the group's on-policy rollouts only). Default ``group``.
+        norm_by_std: divide by the group's std (plain GRPO). Default false (Dr.GRPO).
+    """
+
+    mode: str = "group"
+    norm_by_std: bool = False
+
+
+@dataclass
+class PrefixRFTConfig:
+    """The whole ``prefix_rft:`` block.
+
+    Attributes:
+        num_prefixed: how many of the ``rollout.n`` samples of a training prompt start from a
+            demonstration prefix. Default 1 (paper); 0 = plain RFT / Dr.GRPO.
+        demo_key: dataset column holding the demonstration(s): a string or a list of strings.
+            Default ``demonstrations``.
+        seed: seed of the prefix-ratio draws and of the choice among several demos. Default 42.
+        ratio: prefix-ratio schedule, see :class:`RatioScheduleConfig`.
+        entropy_clip: see :class:`EntropyClipConfig`.
+        loss: see :class:`PrefixLossConfig`.
+        advantage: see :class:`AdvantageConfig`.
+    """
+
+    num_prefixed: int = 1
+    demo_key: str = "demonstrations"
+    seed: int = 42
+    ratio: RatioScheduleConfig = field(default_factory=RatioScheduleConfig)
+    entropy_clip: EntropyClipConfig = field(default_factory=EntropyClipConfig)
+    loss: PrefixLossConfig = field(default_factory=PrefixLossConfig)
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+
+    def validate(self, rollout_n: int | None = None) -> PrefixRFTConfig:
+        """Check every value; raise :class:`PrefixRFTConfigError` naming the key and the fix."""
+        r, e, lo, a = self.ratio, self.entropy_clip, self.loss, self.advantage
+        _check(isinstance(self.num_prefixed, int) and self.num_prefixed >= 0, "num_prefixed",
+               self.num_prefixed, "an integer >= 0 (0 = plain RFT)")
+        if rollout_n is not None:
+            _check(self.num_prefixed <= rollout_n, "num_prefixed", self.num_prefixed,
+                   f"at most actor_rollout_ref.rollout.n={rollout_n}")
+        _check(isinstance(self.demo_key, str) and self.demo_key != "", "demo_key", self.demo_key,
+               "a non-empty dataset column name")
+        _check(r.schedule in SCHEDULES, "ratio.schedule", r.schedule, f"one of {SCHEDULES}")
+        for name in ("low_start", "low_end", "high"):
+            v = getattr(r, name)
+            _check(isinstance(v, (int, float)) and 0.0 <= v <= 1.0, f"ratio.{name}", v, "a float in [0, 1]")
+        _check(r.low_start <= r.high, "ratio.low_start", r.low_start, f"<= ratio.high={r.high}")
+        _check(r.low_end <= r.high, "ratio.low_end", r.low_end, f"<= ratio.high={r.high}")
+        _check(isinstance(r.decay_steps, int) and r.decay_steps >= 1, "ratio.decay_steps", r.decay_steps,
+               "an integer >= 1")
+        _check(isinstance(r.delay_steps, int) and r.delay_steps >= 0, "ratio.delay_steps", r.delay_steps,
+               "an integer >= 0")
+        _check(r.sampler in SAMPLERS, "ratio.sampler", r.sampler, f"one of {SAMPLERS}")
+        _check(r.alpha > 0, "ratio.alpha", r.alpha, "a float > 0")
+        _check(r.beta > 0, "ratio.beta", r.beta, "a float > 0")
+        _check(isinstance(r.min_prefix_tokens, int) and r.min_prefix_tokens >= 0, "ratio.min_prefix_tokens",
+               r.min_prefix_tokens, "an integer >= 0")
+        _check(isinstance(e.enable, bool), "entropy_clip.enable", e.enable, "true or false")
+        _check(0.0 < e.top_ratio <= 1.0, "entropy_clip.top_ratio", e.top_ratio, "a float in (0, 1]")
+        _check(e.scope in ENTROPY_SCOPES, "entropy_clip.scope", e.scope, f"one of {ENTROPY_SCOPES}")
+        _check(lo.is_mode in IS_MODES, "loss.is_mode", lo.is_mode, f"one of {IS_MODES}")
+        _check(lo.luffy_gamma > 0, "loss.luffy_gamma", lo.luffy_gamma, "a float > 0")
+        _check(lo.sft_coef >= 0, "loss.sft_coef", lo.sft_coef, "a float >= 0")
+        _check(isinstance(lo.entropy_bonus_on_prefix, bool), "loss.entropy_bonus_on_prefix",
+               lo.entropy_bonus_on_prefix, "true or false")
+        _check(a.mode in ADV_MODES, "advantage.mode", a.mode, f"one of {ADV_MODES}")
+        _check(isinstance(a.norm_by_std, bool), "advantage.norm_by_std", a.norm_by_std, "true or false")
+        return self
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise PrefixRFTConfigError(f"prefix_rft.{key}={value!r} is invalid: expected {allowed}. "
+                                   f"Fix it in the recipe yaml or override it, e.g. prefix_rft.{key}=...")
+
+
+def from_dict(block: Mapping[str, Any] | None, rollout_n: int | None = None) -> PrefixRFTConfig:
+    """Build and validate a :class:`PrefixRFTConfig` from a mapping (a plain dict or an OmegaConf node).
+
+    Unknown keys are an error (a typo must not silently fall back to a default).
+    """
+    if block is None:
+        return PrefixRFTConfig().validate(rollout_n)
+    if hasattr(block, "_metadata"):  # OmegaConf DictConfig, without importing omegaconf here
+        from omegaconf import OmegaConf
+
+        block = OmegaConf.to_container(block, resolve=True)
+    return _build(PrefixRFTConfig, dict(block), "").validate(rollout_n)
+
+
+def _build(cls: type, data: dict[str, Any], path: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise PrefixRFTConfigError(f"unknown key prefix_rft.{path}{key}; known keys: {sorted(fields)}")
+        sub = fields[key].default_factory if fields[key].default_factory is not dataclasses.MISSING else None
+        if sub is not None and dataclasses.is_dataclass(sub):
+            if not isinstance(value, Mapping):
+                raise PrefixRFTConfigError(f"prefix_rft.{path}{key} must be a mapping, got {value!r}")
+            kwargs[key] = _build(sub, dict(value), f"{path}{key}.")
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)

@@ -1,0 +1,147 @@
+"""Per-token Prefix-RFT loss and its aggregation (paper sec. 3)."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prefix_rft.core.loss import aggregate_loss, entropy_loss_mask, prefix_rft_token_loss
+
+AGG_MODES = ["token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-sum-norm", "seq-mean-token-mean"]
+
+
+def _t(*rows):
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def test_ppo_hand_values_with_clip_and_dual_clip():
+    # tokens: ratio 1.25 (A=+1: clipped to 1.2), ratio 1.25 (A=-1: unclipped 1.25),
+    # ratio 5.0 (A=-1: dual clip at c=3), ratio 0.9 (A=+1: inside the clip range)
+    old = _t([0.0, 0.0, 0.0, 0.0])
+    lp = torch.log(_t([1.25, 1.25, 5.0, 0.9]))
+    adv = _t([1.0, -1.0, -1.0, 1.0])
+    mask = torch.ones(1, 4)
+    loss, m = prefix_rft_token_loss(lp, old, adv, mask, torch.zeros(1, 4))
+    assert loss.tolist()[0] == pytest.approx([-1.2, 1.25, 3.0, -0.9], rel=1e-6)
+    # verl's definition: the clipped term is the larger one -> only token 0
+    assert m["pg_clipfrac"].item() == pytest.approx(0.25)
+    assert m["pg_clipfrac_lower"].item() == pytest.approx(0.25)
+    assert m["prefix_token_frac"].item() == 0.0
+
+
+def test_prefix_tokens_share_the_ppo_weight_and_entropy_clip_zeroes_unkept():
+    lp = torch.log(_t([0.5, 0.5, 0.5, 0.5]))
+    old = torch.log(_t([0.4, 0.4, 0.4, 0.4]))  # ratio 1.25
+    adv = torch.full((1, 4), 2.0)
+    prefix = _t([1, 1, 0, 0])
+    keep = _t([1, 0, 0, 0])
+    loss, m = prefix_rft_token_loss(lp, old, adv, torch.ones(1, 4), prefix, keep)
+    # kept prefix token and continuation tokens: -2 * 1.2; unkept prefix token: 0
+    assert loss.tolist()[0] == pytest.approx([-2.4, 0.0, -2.4, -2.4], rel=1e-6)
+    assert m["kept_frac"].item() == 0.5
+    assert m["prefix_token_frac"].item() == 0.5
+    assert m["pg_clipfrac_prefix"].item() == pytest.approx(0.5)
+    assert m["pg_clipfrac"].item() == pytest.approx(1.0)
+
+
+def test_behavior_one_and_luffy_shaping():
+    p = 0.3
+    lp = torch.log(_t([p, p]))
+    old = torch.log(_t([0.9, 0.3]))
+    adv = _t([1.0, 1.0])
+    prefix = _t([1, 0])
+    b1, _ = prefix_rft_token_loss(lp, old, adv, torch.ones(1, 2), prefix, is_mode="behavior_one")
+    lf, _ = prefix_rft_token_loss(lp, old, adv, torch.ones(1, 2), prefix, is_mode="luffy", luffy_gamma=0.1)
+    assert b1[0, 0].item() == pytest.approx(-p)
+    assert lf[0, 0].item() == pytest.approx(-p / (p + 0.1))
+    # continuation token: ordinary PPO (ratio 1)
+    assert b1[0, 1].item() == pytest.approx(-1.0) and lf[0, 1].item() == pytest.approx(-1.0)
+
+
+def test_luffy_gradient_matches_shaping_derivative():
+    lp = torch.log(_t([0.3])).requires_grad_(True)
+    loss, _ = prefix_rft_token_loss(lp, lp.detach(), _t([1.0]), torch.ones(1, 1), _t([1]), is_mode="luffy")
+    loss.sum().backward()
+    # d/dlogp [-(p/(p+g))] = -g*p/(p+g)^2
+    assert lp.grad.item() == pytest.approx(-0.1 * 0.3 / 0.4**2, rel=1e-5)
+
+
+def test_sft_term_only_on_kept_prefix_tokens():
+    lp = torch.log(_t([0.5, 0.25, 0.5]))
+    zero_adv = torch.zeros(1, 3)
+    prefix, keep = _t([1, 1, 0]), _t([1, 0, 0])
+    loss, _ = prefix_rft_token_loss(lp, lp, zero_adv, torch.ones(1, 3), prefix, keep, sft_coef=0.1)
+    assert loss.tolist()[0] == pytest.approx([0.1 * math.log(2), 0.0, 0.0], rel=1e-6)
+
+
+def test_rollout_is_weights_apply_to_continuation_only():
+    lp = torch.zeros(1, 3)
+    adv = torch.ones(1, 3)
+    weights = _t([0.5, 0.5, 0.5])
+    loss, _ = prefix_rft_token_loss(lp, lp, adv, torch.ones(1, 3), _t([1, 0, 0]), rollout_is_weights=weights)
+    assert loss.tolist()[0] == pytest.approx([-1.0, -0.5, -0.5])
+
+
+def test_padding_is_zero_and_bad_mode_raises():
+    lp = torch.randn(2, 3)
+    mask = _t([1, 1, 0], [1, 0, 0])
+    loss, _ = prefix_rft_token_loss(lp, lp + 0.1, torch.ones(2, 3), mask, torch.zeros(2, 3))
+    assert (loss[mask == 0] == 0).all()
+    with pytest.raises(ValueError, match="is_mode"):
+        prefix_rft_token_loss(lp, lp, lp, mask, mask, is_mode="sft")
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), mode=st.sampled_from(["ppo", "behavior_one", "luffy"]))
+def test_unkept_prefix_tokens_get_zero_gradient_and_change_nothing(seed, mode):
+    """With every prefix token unkept, the loss on the other tokens equals the loss without a prefix."""
+    g = torch.Generator().manual_seed(seed)
+    B, T = 3, 6
+    lp = (torch.rand(B, T, generator=g) * -3).requires_grad_(True)
+    old = lp.detach() + torch.randn(B, T, generator=g) * 0.3
+    adv = torch.randn(B, 1, generator=g).expand(B, T)
+    mask = (torch.rand(B, T, generator=g) < 0.8).float()
+    prefix = (torch.rand(B, T, generator=g) < 0.5).float() * mask
+    loss, _ = prefix_rft_token_loss(lp, old, adv, mask, prefix, torch.zeros(B, T), is_mode=mode)
+    loss.sum().backward()
+    assert (lp.grad[prefix.bool()] == 0).all()
+    assert (loss[prefix.bool()] == 0).all()
+    ref, _ = prefix_rft_token_loss(lp.detach(), old, adv, mask * (1 - prefix), torch.zeros(B, T))
+    assert torch.allclose(loss.detach(), ref)
+
+
+def test_entropy_loss_mask():
+    resp, prefix = _t([1, 1, 1, 0]), _t([1, 1, 0, 0])
+    assert entropy_loss_mask(resp, prefix, True).tolist() == [[1, 1, 1, 0]]
+    assert entropy_loss_mask(resp, prefix, False).tolist() == [[0, 0, 1, 0]]
+
+
+def test_aggregate_hand_values():
+    loss = _t([1.0, 2.0, 3.0], [4.0, 0.0, 0.0])
+    mask = _t([1, 1, 1], [1, 0, 0])
+    assert aggregate_loss(loss, mask, "token-mean").item() == pytest.approx(10 / 4)
+    assert aggregate_loss(loss, mask, "token-sum").item() == pytest.approx(10)
+    assert aggregate_loss(loss, mask, "seq-mean-token-sum").item() == pytest.approx((6 + 4) / 2)
+    assert aggregate_loss(loss, mask, "seq-mean-token-sum-norm").item() == pytest.approx(5 / 3)
+    assert aggregate_loss(loss, mask, "seq-mean-token-mean").item() == pytest.approx((2 + 4) / 2)
+    with pytest.raises(ValueError, match="loss_agg_mode"):
+        aggregate_loss(loss, mask, "mean")
+    with pytest.raises(ValueError, match="batch_num_tokens"):
+        aggregate_loss(loss, mask, "token-mean", dp_size=2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), mode=st.sampled_from(AGG_MODES), split=st.integers(1, 5))
+def test_micro_batches_sum_to_the_whole_batch(seed, mode, split):
+    g = torch.Generator().manual_seed(seed)
+    B, T = 6, 5
+    loss = torch.randn(B, T, generator=g)
+    mask = (torch.rand(B, T, generator=g) < 0.7).float()
+    whole = aggregate_loss(loss, mask, mode)
+    info = {"batch_num_tokens": mask.sum(), "global_batch_size": (mask.sum(-1) > 0).sum()}
+    parts = sum(
+        aggregate_loss(loss[i : i + split], mask[i : i + split], mode, **info) for i in range(0, B, split)
+    )
+    assert parts.item() == pytest.approx(whole.item(), rel=1e-5, abs=1e-6)
