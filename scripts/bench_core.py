@@ -1,0 +1,111 @@
+"""Benchmark the algorithm core against baselines in the same run (ratios, not absolute targets).
+
+1. Entropy top-k selection (kthvalue, O(N)) vs a sort-based selection, on 1M and 8M tokens.
+2. The per-token Prefix-RFT loss with every option on vs verl's ``compute_policy_loss_vanilla`` on the
+   same 16 x 8192 inputs (forward + backward), both aggregated with token-mean.
+
+Usage: python scripts/bench_core.py [--device cpu|cuda] [--repeats N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from prefix_rft.core.entropy import num_kept, select_top_entropy
+
+
+def _timeit(fn, repeats: int, device: str) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def sort_based_selection(entropy: torch.Tensor, prefix_mask: torch.Tensor, top_ratio: float) -> torch.Tensor:
+    """Reference: full descending (stable) sort of the prefix entropies, keep the first ceil(k N)."""
+    is_prefix = prefix_mask.bool()
+    values = entropy[is_prefix]
+    order = torch.sort(values, descending=True, stable=True).indices
+    chosen = torch.zeros_like(values, dtype=torch.bool)
+    chosen[order[: num_kept(values.numel(), top_ratio)]] = True
+    keep = torch.zeros_like(is_prefix)
+    keep[is_prefix] = chosen
+    return keep
+
+
+def bench_selection(device: str, repeats: int) -> list[tuple[str, float, float]]:
+    rows = []
+    for tokens in (1 << 20, 8 << 20):
+        g = torch.Generator(device="cpu").manual_seed(0)
+        entropy = torch.rand(tokens // 8192, 8192, generator=g).to(device)
+        prefix = (torch.rand(tokens // 8192, 8192, generator=g) < 0.5).to(device)
+        ours = _timeit(lambda: select_top_entropy(entropy, prefix, 0.2), repeats, device)
+        ref = _timeit(lambda: sort_based_selection(entropy, prefix, 0.2), repeats, device)
+        assert int(select_top_entropy(entropy, prefix, 0.2).sum()) == int(sort_based_selection(entropy, prefix, 0.2).sum())
+        rows.append((f"entropy top-20% on {tokens / 2**20:.0f}M tokens", ours, ref))
+    return rows
+
+
+def bench_loss(device: str, repeats: int, batch: int, seq: int) -> tuple[str, float, float]:
+    from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla
+
+    from prefix_rft.core.loss import aggregate_loss, prefix_rft_token_loss
+
+    class _Cfg(dict):  # the attributes compute_policy_loss_vanilla reads off an ActorConfig
+        __getattr__ = dict.get
+
+    cfg = _Cfg(clip_ratio=0.2, clip_ratio_low=0.2, clip_ratio_high=0.2, clip_ratio_c=3.0, global_batch_info={})
+    g = torch.Generator(device="cpu").manual_seed(0)
+    log_prob = (torch.rand(batch, seq, generator=g) * -3).to(device)
+    old = (log_prob.cpu() + torch.randn(batch, seq, generator=g) * 0.1).to(device)
+    adv = torch.randn(batch, 1, generator=g).expand(batch, seq).contiguous().to(device)
+    mask = torch.ones(batch, seq, device=device)
+    prefix = torch.zeros(batch, seq, device=device)
+    prefix[::8, : seq // 2] = 1  # one hybrid rollout in 8, half of it demo tokens
+    keep = (torch.rand(batch, seq, generator=g) < 0.2).float().to(device) * prefix
+    weights = torch.rand(batch, seq, generator=g).to(device)
+
+    def ours():
+        lp = log_prob.clone().requires_grad_(True)
+        mat, _ = prefix_rft_token_loss(
+            lp, old, adv, mask, prefix, keep, is_mode="luffy", sft_coef=0.001, rollout_is_weights=weights
+        )
+        aggregate_loss(mat, mask, "token-mean").backward()
+
+    def verl():
+        lp = log_prob.clone().requires_grad_(True)
+        loss, _ = compute_policy_loss_vanilla(old, lp, adv, mask, "token-mean", cfg, rollout_is_weights=weights)
+        loss.backward()
+
+    return (f"per-token loss fwd+bwd, {batch}x{seq}, all options on", _timeit(ours, repeats, device),
+            _timeit(verl, repeats, device))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq", type=int, default=8192)
+    args = parser.parse_args()
+    rows = bench_selection(args.device, args.repeats) + [bench_loss(args.device, args.repeats, args.batch, args.seq)]
+    print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} (median of {args.repeats})")
+    print(f"{'benchmark':<48} {'ours (ms)':>10} {'baseline (ms)':>14} {'ratio':>7}")
+    for name, ours, ref in rows:
+        print(f"{name:<48} {ours * 1e3:>10.2f} {ref * 1e3:>14.2f} {ours / ref:>7.2f}")
+    print("baselines: sort-based selection; verl compute_policy_loss_vanilla (+ backward)")
+
+
+if __name__ == "__main__":
+    main()
