@@ -134,36 +134,64 @@ class PrefixRFTConfig:
     def validate(self, rollout_n: int | None = None) -> PrefixRFTConfig:
         """Check every value; raise :class:`PrefixRFTConfigError` naming the key and the fix."""
         r, e, lo, a = self.ratio, self.entropy_clip, self.loss, self.advantage
-        _check(isinstance(self.num_prefixed, int) and self.num_prefixed >= 0, "num_prefixed",
-               self.num_prefixed, "an integer >= 0 (0 = plain RFT)")
+        _check(
+            isinstance(self.num_prefixed, int) and self.num_prefixed >= 0,
+            "num_prefixed",
+            self.num_prefixed,
+            "an integer >= 0 (0 = plain RFT)",
+        )
         if rollout_n is not None:
-            _check(self.num_prefixed <= rollout_n, "num_prefixed", self.num_prefixed,
-                   f"at most actor_rollout_ref.rollout.n={rollout_n}")
-        _check(isinstance(self.demo_key, str) and self.demo_key != "", "demo_key", self.demo_key,
-               "a non-empty dataset column name")
+            _check(
+                self.num_prefixed <= rollout_n,
+                "num_prefixed",
+                self.num_prefixed,
+                f"at most actor_rollout_ref.rollout.n={rollout_n}",
+            )
+        _check(
+            isinstance(self.demo_key, str) and self.demo_key != "",
+            "demo_key",
+            self.demo_key,
+            "a non-empty dataset column name",
+        )
         _check(r.schedule in SCHEDULES, "ratio.schedule", r.schedule, f"one of {SCHEDULES}")
         for name in ("low_start", "low_end", "high"):
             v = getattr(r, name)
             _check(isinstance(v, (int, float)) and 0.0 <= v <= 1.0, f"ratio.{name}", v, "a float in [0, 1]")
         _check(r.low_start <= r.high, "ratio.low_start", r.low_start, f"<= ratio.high={r.high}")
         _check(r.low_end <= r.high, "ratio.low_end", r.low_end, f"<= ratio.high={r.high}")
-        _check(isinstance(r.decay_steps, int) and r.decay_steps >= 1, "ratio.decay_steps", r.decay_steps,
-               "an integer >= 1")
-        _check(isinstance(r.delay_steps, int) and r.delay_steps >= 0, "ratio.delay_steps", r.delay_steps,
-               "an integer >= 0")
+        _check(
+            isinstance(r.decay_steps, int) and r.decay_steps >= 1,
+            "ratio.decay_steps",
+            r.decay_steps,
+            "an integer >= 1",
+        )
+        _check(
+            isinstance(r.delay_steps, int) and r.delay_steps >= 0,
+            "ratio.delay_steps",
+            r.delay_steps,
+            "an integer >= 0",
+        )
         _check(r.sampler in SAMPLERS, "ratio.sampler", r.sampler, f"one of {SAMPLERS}")
         _check(r.alpha > 0, "ratio.alpha", r.alpha, "a float > 0")
         _check(r.beta > 0, "ratio.beta", r.beta, "a float > 0")
-        _check(isinstance(r.min_prefix_tokens, int) and r.min_prefix_tokens >= 0, "ratio.min_prefix_tokens",
-               r.min_prefix_tokens, "an integer >= 0")
+        _check(
+            isinstance(r.min_prefix_tokens, int) and r.min_prefix_tokens >= 0,
+            "ratio.min_prefix_tokens",
+            r.min_prefix_tokens,
+            "an integer >= 0",
+        )
         _check(isinstance(e.enable, bool), "entropy_clip.enable", e.enable, "true or false")
         _check(0.0 < e.top_ratio <= 1.0, "entropy_clip.top_ratio", e.top_ratio, "a float in (0, 1]")
         _check(e.scope in ENTROPY_SCOPES, "entropy_clip.scope", e.scope, f"one of {ENTROPY_SCOPES}")
         _check(lo.is_mode in IS_MODES, "loss.is_mode", lo.is_mode, f"one of {IS_MODES}")
         _check(lo.luffy_gamma > 0, "loss.luffy_gamma", lo.luffy_gamma, "a float > 0")
         _check(lo.sft_coef >= 0, "loss.sft_coef", lo.sft_coef, "a float >= 0")
-        _check(isinstance(lo.entropy_bonus_on_prefix, bool), "loss.entropy_bonus_on_prefix",
-               lo.entropy_bonus_on_prefix, "true or false")
+        _check(
+            isinstance(lo.entropy_bonus_on_prefix, bool),
+            "loss.entropy_bonus_on_prefix",
+            lo.entropy_bonus_on_prefix,
+            "true or false",
+        )
         _check(a.mode in ADV_MODES, "advantage.mode", a.mode, f"one of {ADV_MODES}")
         _check(isinstance(a.norm_by_std, bool), "advantage.norm_by_std", a.norm_by_std, "true or false")
         return self
@@ -171,8 +199,10 @@ class PrefixRFTConfig:
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
-        raise PrefixRFTConfigError(f"prefix_rft.{key}={value!r} is invalid: expected {allowed}. "
-                                   f"Fix it in the recipe yaml or override it, e.g. prefix_rft.{key}=...")
+        raise PrefixRFTConfigError(
+            f"prefix_rft.{key}={value!r} is invalid: expected {allowed}. "
+            f"Fix it in the recipe yaml or override it, e.g. prefix_rft.{key}=..."
+        )
 
 
 def from_dict(block: Mapping[str, Any] | None, rollout_n: int | None = None) -> PrefixRFTConfig:

@@ -50,9 +50,11 @@ def bench_selection(device: str, repeats: int) -> list[tuple[str, float, float]]
         g = torch.Generator(device="cpu").manual_seed(0)
         entropy = torch.rand(tokens // 8192, 8192, generator=g).to(device)
         prefix = (torch.rand(tokens // 8192, 8192, generator=g) < 0.5).to(device)
-        ours = _timeit(lambda: select_top_entropy(entropy, prefix, 0.2), repeats, device)
-        ref = _timeit(lambda: sort_based_selection(entropy, prefix, 0.2), repeats, device)
-        assert int(select_top_entropy(entropy, prefix, 0.2).sum()) == int(sort_based_selection(entropy, prefix, 0.2).sum())
+        ours = _timeit(lambda e=entropy, p=prefix: select_top_entropy(e, p, 0.2), repeats, device)
+        ref = _timeit(lambda e=entropy, p=prefix: sort_based_selection(e, p, 0.2), repeats, device)
+        assert int(select_top_entropy(entropy, prefix, 0.2).sum()) == int(
+            sort_based_selection(entropy, prefix, 0.2).sum()
+        )
         rows.append((f"entropy top-20% on {tokens / 2**20:.0f}M tokens", ours, ref))
     return rows
 
@@ -65,7 +67,9 @@ def bench_loss(device: str, repeats: int, batch: int, seq: int) -> tuple[str, fl
     class _Cfg(dict):  # the attributes compute_policy_loss_vanilla reads off an ActorConfig
         __getattr__ = dict.get
 
-    cfg = _Cfg(clip_ratio=0.2, clip_ratio_low=0.2, clip_ratio_high=0.2, clip_ratio_c=3.0, global_batch_info={})
+    cfg = _Cfg(
+        clip_ratio=0.2, clip_ratio_low=0.2, clip_ratio_high=0.2, clip_ratio_c=3.0, global_batch_info={}
+    )
     g = torch.Generator(device="cpu").manual_seed(0)
     log_prob = (torch.rand(batch, seq, generator=g) * -3).to(device)
     old = (log_prob.cpu() + torch.randn(batch, seq, generator=g) * 0.1).to(device)
@@ -85,22 +89,33 @@ def bench_loss(device: str, repeats: int, batch: int, seq: int) -> tuple[str, fl
 
     def verl():
         lp = log_prob.clone().requires_grad_(True)
-        loss, _ = compute_policy_loss_vanilla(old, lp, adv, mask, "token-mean", cfg, rollout_is_weights=weights)
+        loss, _ = compute_policy_loss_vanilla(
+            old, lp, adv, mask, "token-mean", cfg, rollout_is_weights=weights
+        )
         loss.backward()
 
-    return (f"per-token loss fwd+bwd, {batch}x{seq}, all options on", _timeit(ours, repeats, device),
-            _timeit(verl, repeats, device))
+    return (
+        f"per-token loss fwd+bwd, {batch}x{seq}, all options on",
+        _timeit(ours, repeats, device),
+        _timeit(verl, repeats, device),
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=8192)
     args = parser.parse_args()
-    rows = bench_selection(args.device, args.repeats) + [bench_loss(args.device, args.repeats, args.batch, args.seq)]
-    print(f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} (median of {args.repeats})")
+    rows = bench_selection(args.device, args.repeats) + [
+        bench_loss(args.device, args.repeats, args.batch, args.seq)
+    ]
+    print(
+        f"device={args.device} torch={torch.__version__} threads={torch.get_num_threads()} (median of {args.repeats})"
+    )
     print(f"{'benchmark':<48} {'ours (ms)':>10} {'baseline (ms)':>14} {'ratio':>7}")
     for name, ours, ref in rows:
         print(f"{name:<48} {ours * 1e3:>10.2f} {ref * 1e3:>14.2f} {ours / ref:>7.2f}")

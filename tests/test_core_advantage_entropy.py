@@ -66,7 +66,9 @@ def test_nan_reward_names_the_uid(fn):
         if fn == "group":
             group_advantage(scores, ["prompt-3", "prompt-7", "prompt-7"])
         else:
-            prefix_aware_advantage(scores, ["prompt-3", "prompt-7", "prompt-7"], torch.zeros(3, dtype=torch.bool))
+            prefix_aware_advantage(
+                scores, ["prompt-3", "prompt-7", "prompt-7"], torch.zeros(3, dtype=torch.bool)
+            )
 
 
 def test_length_mismatch_raises():

@@ -14,17 +14,36 @@ def test_defaults_are_the_papers():
     assert cfg.num_prefixed == 1 and cfg.demo_key == "demonstrations"
     r = cfg.ratio
     assert (r.schedule, r.low_start, r.low_end, r.high, r.decay_steps, r.sampler) == (
-        "cosine", 0.95, 0.05, 0.95, 500, "uniform"
+        "cosine",
+        0.95,
+        0.05,
+        0.95,
+        500,
+        "uniform",
     )
-    assert (cfg.entropy_clip.enable, cfg.entropy_clip.top_ratio, cfg.entropy_clip.scope) == (True, 0.2, "mini_batch")
+    assert (cfg.entropy_clip.enable, cfg.entropy_clip.top_ratio, cfg.entropy_clip.scope) == (
+        True,
+        0.2,
+        "mini_batch",
+    )
     assert (cfg.loss.is_mode, cfg.loss.luffy_gamma, cfg.loss.sft_coef, cfg.loss.entropy_bonus_on_prefix) == (
-        "ppo", 0.1, 0.0, False
+        "ppo",
+        0.1,
+        0.0,
+        False,
     )
     assert (cfg.advantage.mode, cfg.advantage.norm_by_std) == ("group", False)
 
 
 def test_nested_overrides_apply():
-    cfg = from_dict({"num_prefixed": 2, "ratio": {"schedule": "linear", "low_start": 0.8, "high": 0.8}, "loss": {"is_mode": "luffy"}}, 8)
+    cfg = from_dict(
+        {
+            "num_prefixed": 2,
+            "ratio": {"schedule": "linear", "low_start": 0.8, "high": 0.8},
+            "loss": {"is_mode": "luffy"},
+        },
+        8,
+    )
     assert cfg.num_prefixed == 2 and cfg.ratio.schedule == "linear" and cfg.ratio.high == 0.8
     assert cfg.ratio.low_end == 0.05 and cfg.loss.is_mode == "luffy"
 

@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 
 from prefix_rft.core.loss import aggregate_loss, entropy_loss_mask, prefix_rft_token_loss
 
-AGG_MODES = ["token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-sum-norm", "seq-mean-token-mean"]
+AGG_MODES = [
+    "token-mean",
+    "token-sum",
+    "seq-mean-token-sum",
+    "seq-mean-token-sum-norm",
+    "seq-mean-token-mean",
+]
 
 
 def _t(*rows):

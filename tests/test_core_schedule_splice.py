@@ -91,7 +91,11 @@ def test_stable_seed_is_process_independent():
     code = "from prefix_rft.core.schedule import stable_seed; print(stable_seed('ratio', 1, 2, 'u', 3))"
     outs = {
         subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONHASHSEED": s}, check=True
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env={"PYTHONHASHSEED": s},
+            check=True,
         ).stdout.strip()
         for s in ("1", "2")
     }

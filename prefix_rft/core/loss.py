@@ -18,12 +18,12 @@ import torch
 IS_MODES = ("ppo", "behavior_one", "luffy")
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (values * mask).sum() / (mask.sum() + 1e-8)
-
-
 def ppo_clipped_loss(
-    ratio: torch.Tensor, advantages: torch.Tensor, clip_ratio_low: float, clip_ratio_high: float, clip_ratio_c: float
+    ratio: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_ratio_low: float,
+    clip_ratio_high: float,
+    clip_ratio_c: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Dual-clip PPO per-token loss (Schulman et al. 2017; Ye et al. 2020), as the paper uses (clip 0.2, c = 3).
 
@@ -76,39 +76,39 @@ def prefix_rft_token_loss(
     """
     if is_mode not in IS_MODES:
         raise ValueError(f"is_mode must be one of {IS_MODES}, got {is_mode!r}")
-    mask = response_mask.to(log_prob.dtype)
-    prefix = prefix_mask.to(log_prob.dtype) * mask
-    cont = mask - prefix
-    kept = prefix if keep_mask is None else prefix * keep_mask.to(log_prob.dtype)
-    # Unkept prefix tokens and padding get advantage 0 (paper sec. 3: "set the advantages ... to zero").
-    adv = advantages * (cont + kept)
+    # Boolean masks and in-place-free fills keep the op count close to verl's vanilla PPO loss.
+    mask = response_mask.bool()
+    prefix = prefix_mask.bool() & mask
+    kept = prefix if keep_mask is None else prefix & keep_mask.bool()
+    # Unkept prefix tokens get advantage 0 (paper sec. 3: "set the corresponding advantages ... to zero");
+    # they stay in the loss denominator (aggregation uses response_mask).
+    adv = advantages if keep_mask is None else advantages.masked_fill(prefix & ~kept, 0.0)
 
     log_ratio = (log_prob - old_log_prob).clamp(-20.0, 20.0)
     ratio = torch.exp(log_ratio)
-    ppo_loss, clipped, clipped_lower = ppo_clipped_loss(ratio, adv, clip_ratio_low, clip_ratio_high, clip_ratio_c)
+    loss, clipped, clipped_lower = ppo_clipped_loss(ratio, adv, clip_ratio_low, clip_ratio_high, clip_ratio_c)
 
-    if rollout_is_weights is not None:
-        ppo_loss = ppo_loss * (rollout_is_weights * cont + prefix)
-    if is_mode == "ppo":
-        loss = ppo_loss
-    else:
+    if rollout_is_weights is not None:  # the rollout policy did not sample demo tokens: weight 1 there
+        loss = loss * rollout_is_weights.masked_fill(prefix, 1.0)
+    if is_mode != "ppo":
         prob = torch.exp(log_prob)
         weight = prob if is_mode == "behavior_one" else prob / (prob + luffy_gamma)
-        loss = torch.where(prefix.bool(), -adv * weight, ppo_loss)
+        loss = torch.where(prefix, -adv * weight, loss)
     if sft_coef:
         loss = loss - sft_coef * log_prob * kept
-    loss = loss * mask
+    loss = loss.masked_fill(~mask, 0.0)
 
     with torch.no_grad():
-        clipped = clipped.to(log_prob.dtype)
+        n_tokens = mask.sum().clamp(min=1)
         n_prefix = prefix.sum()
+        n_clipped_prefix = (clipped & prefix).sum()
         metrics = {
-            "pg_clipfrac": _masked_mean(clipped, cont),
-            "pg_clipfrac_prefix": _masked_mean(clipped, prefix),
-            "pg_clipfrac_lower": _masked_mean(clipped_lower.to(log_prob.dtype), mask),
-            "ppo_kl": _masked_mean(-log_ratio, mask),
-            "kept_frac": kept.sum() / n_prefix.clamp(min=1.0),
-            "prefix_token_frac": n_prefix / mask.sum().clamp(min=1.0),
+            "pg_clipfrac": ((clipped & mask).sum() - n_clipped_prefix) / (n_tokens - n_prefix).clamp(min=1),
+            "pg_clipfrac_prefix": n_clipped_prefix / n_prefix.clamp(min=1),
+            "pg_clipfrac_lower": (clipped_lower & mask).sum() / n_tokens,
+            "ppo_kl": -(log_ratio.masked_fill(~mask, 0.0).sum()) / n_tokens,
+            "kept_frac": kept.sum() / n_prefix.clamp(min=1),
+            "prefix_token_frac": n_prefix / n_tokens,
         }
     return loss, metrics
 

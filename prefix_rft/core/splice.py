@@ -27,7 +27,9 @@ class Splice:
     truncated: bool
 
 
-def prefix_length(demo_len: int, ratio: float, response_budget: int, min_prefix_tokens: int = 1) -> tuple[int, bool]:
+def prefix_length(
+    demo_len: int, ratio: float, response_budget: int, min_prefix_tokens: int = 1
+) -> tuple[int, bool]:
     """Number of demo tokens ``L`` a hybrid rollout starts with, and whether the budget cut it.
 
     Paper A.2: ``L = floor(ratio * |demo|)``, clamped (authors' code) to ``[min_prefix_tokens, |demo| - 1]``

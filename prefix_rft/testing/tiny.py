@@ -76,8 +76,9 @@ def build_tiny_tokenizer(out_dir: str | None = None, vocab_size: int = 400):
     return hf
 
 
-def build_tiny_model(out_dir: str, tokenizer: Any = None, seed: int = 0, hidden_size: int = 64,
-                     num_layers: int = 2) -> str:
+def build_tiny_model(
+    out_dir: str, tokenizer: Any = None, seed: int = 0, hidden_size: int = 64, num_layers: int = 2
+) -> str:
     """Save a randomly initialised 2-layer Qwen2ForCausalLM (sdpa attention) and its tokenizer to ``out_dir``."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
