@@ -1,0 +1,223 @@
+"""The actor loss of Prefix-RFT: verl's ``ppo_loss`` with the policy term of paper sec. 3.
+
+Decisions (for the trainer engineer):
+
+* Installation. verl builds ``partial(ppo_loss, config=actor_config)`` on every actor worker; the trainer
+  replaces it after the workers are initialised, with ONE call (ONE_TO_ALL dispatch, FSDP/FSDP2 and
+  Megatron alike)::
+
+      from verl.utils.config import omega_conf_to_dataclass
+      from prefix_rft.actor_loss import make_prefix_rft_loss_fn
+      actor_config = omega_conf_to_dataclass(config.actor_rollout_ref.actor)
+      prefix_cfg = prefix_rft.config.from_dict(config.prefix_rft, config.actor_rollout_ref.rollout.n)
+      self.actor_rollout_wg.set_loss_fn(make_prefix_rft_loss_fn(actor_config, prefix_cfg))
+
+* Where the knobs live. The loss knobs stay in the ``prefix_rft:`` block (``prefix_rft.loss.is_mode``,
+  ``luffy_gamma``, ``sft_coef``, ``entropy_bonus_on_prefix``, and ``prefix_rft.entropy_clip.enable``):
+  the validated :class:`~prefix_rft.config.PrefixRFTConfig` is bound into the partial and pickled to the
+  workers with it. Nothing is added to ``actor_rollout_ref.actor`` (no PolicyLossConfig subclass,
+  no yaml duplication); every verl actor knob (clip ratios, ``clip_ratio_c``, ``loss_agg_mode``,
+  ``entropy_coeff``, ``use_kl_loss``, ``kl_loss_type``/``coef``, ``loss_scale_factor``) is read from the
+  actor config exactly as ``ppo_loss`` does.
+
+* Fields read from ``data`` (jagged per-token tensors, padded with ``to_padded_tensor()`` like
+  ``response_mask``): ``prefix_mask`` (written by the agent loop) and ``prefix_keep_mask`` (written by
+  the trainer; REQUIRED when ``prefix_rft.entropy_clip.enable`` with scope ``mini_batch``/``batch`` and
+  the batch has prefix tokens; ignored when disabled: every prefix token is then kept). With
+  ``entropy_clip.scope=micro_batch`` (the authors' code) the loss ranks the micro-batch's demo tokens by
+  the current policy's entropy itself (``model_output["entropy"]``, needs ``actor.calculate_entropy``)
+  and ignores ``prefix_keep_mask``.
+
+* Plain batches. A batch without ``prefix_mask`` is handed to verl's own ``ppo_loss`` untouched (any
+  ``policy_loss.loss_mode``). With ``prefix_mask`` the policy term is
+  :func:`prefix_rft.core.loss.prefix_rft_token_loss` (dual-clip PPO, verl's ``vanilla`` mode): any other
+  ``policy_loss.loss_mode`` is refused with an error, since its treatment of demo tokens is undefined.
+  With ``prefix_mask`` all zero the result equals ``ppo_loss`` (tested to 1e-6 for every loss_agg_mode).
+
+* Everything else is verl's: log-probs/entropy unpadded with ``no_padding_2_padding``, aggregation with
+  verl's ``agg_loss(**config.global_batch_info)`` over ``response_mask`` (so unkept prefix tokens stay in
+  the denominator, as in the paper's code), rollout IS weights (continuation tokens only), entropy bonus
+  (prefix tokens excluded unless ``entropy_bonus_on_prefix``; the denominator is still the global
+  token/sequence count, so micro-batch sums stay exact), KL loss on all response tokens.
+
+Metrics: verl's (``actor/pg_loss``, ``actor/pg_clipfrac`` over all response tokens, ``actor/ppo_kl``,
+``actor/pg_clipfrac_lower``, ``actor/entropy_loss``, ``kl_loss``, ``kl_coef``) plus
+``prefix_rft/pg_clipfrac_prefix``, ``prefix_rft/pg_clipfrac_continuation``, ``prefix_rft/kept_frac``
+(kept / prefix tokens) and ``prefix_rft/prefix_token_frac``, averaged over micro-batches (a micro-batch
+without prefix tokens reports 0 for the prefix ratios; the exact batch-level kept fraction is the
+trainer's, from ``prefix_keep_mask``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from tensordict import TensorDict
+from verl.trainer.ppo.core_algos import agg_loss, kl_penalty
+from verl.utils.metric import AggregationType, Metric
+from verl.workers.utils.losses import ppo_loss
+from verl.workers.utils.padding import no_padding_2_padding
+
+from prefix_rft.config import PrefixRFTConfig
+from prefix_rft.core.entropy import select_top_entropy
+from prefix_rft.core.loss import entropy_loss_mask, prefix_rft_token_loss
+
+SUPPORTS_MICRO_BATCH_SCOPE = True
+"""``prefix_rft.entropy_clip.scope=micro_batch`` is implemented here (checked by the config validation)."""
+
+
+def make_prefix_rft_loss_fn(actor_config: Any, prefix_config: PrefixRFTConfig) -> functools.partial:
+    """The loss function to pass to ``actor_rollout_wg.set_loss_fn`` (same call shape as verl's)."""
+    if not isinstance(prefix_config, PrefixRFTConfig):
+        raise TypeError("prefix_config must be a PrefixRFTConfig: build it with "
+                        "prefix_rft.config.from_dict(config.prefix_rft, rollout_n)")
+    return functools.partial(prefix_rft_ppo_loss, config=actor_config, prefix_config=prefix_config)
+
+
+def _clip_params(config: Any) -> tuple[float, float, float]:
+    """Clip ratios exactly as verl's ``compute_policy_loss_vanilla`` reads them."""
+    clip_ratio = config.clip_ratio
+    low = config.clip_ratio_low if config.clip_ratio_low is not None else clip_ratio
+    high = config.clip_ratio_high if config.clip_ratio_high is not None else clip_ratio
+    clip_ratio_c = config.get("clip_ratio_c", 3.0)
+    if not clip_ratio_c > 1.0:
+        raise ValueError(f"actor_rollout_ref.actor.clip_ratio_c={clip_ratio_c} must be > 1.0 (dual-clip PPO)")
+    return low, high, clip_ratio_c
+
+
+def prefix_rft_ppo_loss(
+    config: Any,
+    model_output: dict[str, torch.Tensor],
+    data: TensorDict,
+    dp_group: Any = None,
+    *,
+    prefix_config: PrefixRFTConfig | None = None,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Prefix-RFT actor loss with the signature of verl's ``ppo_loss`` (see the module docstring).
+
+    Args:
+        config: verl ``ActorConfig`` of the worker (``config.global_batch_info`` is filled here, as verl does).
+        model_output: ``log_probs`` and optionally ``entropy``, nested (no-padding) over prompt+response.
+        data: the micro-batch TensorDict (jagged per-token fields plus ``dp_size``, ``batch_num_tokens``,
+            ``global_batch_size``).
+        dp_group: unused (verl's signature).
+        prefix_config: the validated ``prefix_rft`` block; bound by :func:`make_prefix_rft_loss_fn`.
+
+    Returns:
+        ``(loss, metrics)`` as ``ppo_loss``.
+    """
+    if "prefix_mask" not in data.keys():
+        return ppo_loss(config, model_output, data, dp_group)
+    if prefix_config is None:
+        raise ValueError("the batch carries prefix_mask but the loss has no prefix_rft config: install it with "
+                         "actor_rollout_wg.set_loss_fn(make_prefix_rft_loss_fn(actor_config, prefix_cfg))")
+    loss_mode = config.policy_loss.get("loss_mode", "vanilla")
+    if loss_mode != "vanilla":
+        raise ValueError(f"actor_rollout_ref.actor.policy_loss.loss_mode={loss_mode!r} is not supported with "
+                         "Prefix-RFT batches: its policy term is dual-clip PPO (set loss_mode=vanilla)")
+
+    log_prob = no_padding_2_padding(model_output["log_probs"], data)
+    entropy = model_output.get("entropy", None)
+    if entropy is not None:
+        entropy = no_padding_2_padding(entropy, data)
+
+    # global batch info for loss aggregation (as verl's ppo_loss)
+    config.global_batch_info["dp_size"] = data["dp_size"]
+    config.global_batch_info["batch_num_tokens"] = data["batch_num_tokens"]
+    config.global_batch_info["global_batch_size"] = data["global_batch_size"]
+    config.global_batch_info["loss_scale_factor"] = config.loss_scale_factor
+    if (
+        data["dp_size"] > 1
+        or data["batch_num_tokens"] is not None
+        or data["global_batch_size"] is not None
+        or config.loss_scale_factor is not None
+    ):
+        metric_aggregation = AggregationType.SUM
+    else:
+        metric_aggregation = AggregationType.MEAN
+
+    eclip = prefix_config.entropy_clip
+    keep_enabled = eclip.enable and eclip.scope != "micro_batch"  # micro_batch: ranked here, below
+    fields = ["response_mask", "old_log_probs", "advantages", "prefix_mask"]
+    if keep_enabled and "prefix_keep_mask" in data.keys():
+        fields.append("prefix_keep_mask")
+    if "rollout_is_weights" in data.keys():
+        fields.append("rollout_is_weights")
+    if "ref_log_prob" in data.keys():
+        fields.append("ref_log_prob")
+    data = data.select(*fields).to_padded_tensor()
+
+    response_mask = data["response_mask"].to(bool)
+    prefix_mask = data["prefix_mask"].to(bool) & response_mask
+    keep_mask = None
+    if keep_enabled:
+        if "prefix_keep_mask" not in data.keys():
+            if prefix_mask.any():
+                raise ValueError("prefix_rft.entropy_clip.enable=true but the batch has no prefix_keep_mask: the "
+                                 "trainer must write it to TransferQueue before update_actor (or set "
+                                 "prefix_rft.entropy_clip.enable=false to train on every demo token)")
+        else:
+            keep_mask = data["prefix_keep_mask"].to(bool)
+    elif eclip.enable:
+        # The authors' variant: rank this micro-batch's demo tokens by the current policy's entropy.
+        if entropy is None:
+            raise ValueError("prefix_rft.entropy_clip.scope=micro_batch ranks demo tokens by the current policy's "
+                             "entropy: set actor_rollout_ref.actor.calculate_entropy=true")
+        keep_mask = select_top_entropy(entropy.detach(), prefix_mask, eclip.top_ratio)
+
+    loss_agg_mode = config.loss_agg_mode
+    clip_low, clip_high, clip_c = _clip_params(config)
+    lcfg = prefix_config.loss
+    loss_mat, core_metrics = prefix_rft_token_loss(
+        log_prob,
+        data["old_log_probs"],
+        data["advantages"],
+        response_mask,
+        prefix_mask,
+        keep_mask,
+        clip_ratio_low=clip_low,
+        clip_ratio_high=clip_high,
+        clip_ratio_c=clip_c,
+        is_mode=lcfg.is_mode,
+        luffy_gamma=lcfg.luffy_gamma,
+        sft_coef=lcfg.sft_coef,
+        rollout_is_weights=data.get("rollout_is_weights", None),
+    )
+    pg_loss = agg_loss(loss_mat=loss_mat, loss_mask=response_mask, loss_agg_mode=loss_agg_mode,
+                       **config.global_batch_info)
+
+    prefix_frac = core_metrics["prefix_token_frac"]
+    clipfrac_all = core_metrics["pg_clipfrac"] * (1 - prefix_frac) + core_metrics["pg_clipfrac_prefix"] * prefix_frac
+    pg_metrics = {
+        "actor/pg_clipfrac": clipfrac_all.item(),
+        "actor/ppo_kl": core_metrics["ppo_kl"].item(),
+        "actor/pg_clipfrac_lower": core_metrics["pg_clipfrac_lower"].item(),
+        "prefix_rft/pg_clipfrac_prefix": core_metrics["pg_clipfrac_prefix"].item(),
+        "prefix_rft/pg_clipfrac_continuation": core_metrics["pg_clipfrac"].item(),
+        "prefix_rft/kept_frac": core_metrics["kept_frac"].item(),
+        "prefix_rft/prefix_token_frac": prefix_frac.item(),
+    }
+    metrics: dict[str, Any] = dict(Metric.from_dict(pg_metrics, aggregation=AggregationType.MEAN))
+    metrics["actor/pg_loss"] = Metric(value=pg_loss, aggregation=metric_aggregation)
+    policy_loss = pg_loss
+
+    if entropy is not None:
+        entropy_mask = entropy_loss_mask(response_mask.long(), prefix_mask.long(), lcfg.entropy_bonus_on_prefix).bool()
+        entropy_loss = agg_loss(loss_mat=entropy, loss_mask=entropy_mask, loss_agg_mode=loss_agg_mode,
+                                **config.global_batch_info)
+        policy_loss = policy_loss - config.entropy_coeff * entropy_loss
+        metrics["actor/entropy_loss"] = Metric(value=entropy_loss, aggregation=metric_aggregation)
+
+    if config.use_kl_loss:
+        if "ref_log_prob" not in data.keys():
+            raise ValueError("actor_rollout_ref.actor.use_kl_loss=true but the batch has no ref_log_prob")
+        kld = kl_penalty(logprob=log_prob, ref_logprob=data["ref_log_prob"], kl_penalty=config.kl_loss_type)
+        kl_loss = agg_loss(loss_mat=kld, loss_mask=response_mask, loss_agg_mode=loss_agg_mode,
+                           **config.global_batch_info)
+        policy_loss = policy_loss + kl_loss * config.kl_loss_coef
+        metrics["kl_loss"] = Metric(value=kl_loss, aggregation=metric_aggregation)
+        metrics["kl_coef"] = config.kl_loss_coef
+
+    return policy_loss, metrics
