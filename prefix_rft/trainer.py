@@ -1,0 +1,458 @@
+"""The Prefix-RFT trainer: verl 0.9.1's synchronous v1 trainer plus four small hooks.
+
+``PrefixRFTTrainer`` subclasses ``verl.trainer.ppo.v1.trainer_sync.PPOTrainerSync`` and keeps
+``trainer.v1.trainer_mode=sync`` (``trainer_base.py`` tests that string literally). Every override calls
+``super()`` and adds one thing:
+
+* ``_setup``: installs the Prefix-RFT actor loss on the actor workers with verl's ``set_loss_fn``
+  (``verl/workers/engine_workers.py`` l.529-531, ONE_TO_ALL), replacing the ``ppo_loss`` partial that
+  ``init_model`` installed (l.643-646).
+* ``_compute_old_log_prob``: verl computes the old-policy log-probs and entropy and writes them to
+  TransferQueue (``trainer_base.py`` l.1634-1693). Demo-prefix tokens have no behaviour log-prob (the
+  agent loop writes 0.0 there), so we set ``rollout_log_probs := old_log_probs`` on them: rollout
+  correction (IS weights, rejection, off-policy metrics; ``rollout_corr_helper.py`` l.1013) then sees a
+  log-ratio of exactly 0 on demo tokens, i.e. it is neutral there, token- and sequence-level alike.
+* ``_compute_advantage``: verl fetches a fixed field list (l.1745) and calls the registered estimator
+  with fixed keywords (``ray_trainer.py`` l.249-279); we run it inside
+  :func:`prefix_rft.advantage.prefix_rows` so the ``prefix_rft`` estimator sees each row's
+  ``is_prefixed``. Then we build the entropy keep-mask (``prefix_keep_mask``, paper sec. 3) on the driver,
+  exactly, over each PPO mini-batch as the actor will form it (or the whole batch), write it to
+  TransferQueue for the actor loss, and compute the ``prefix_rft/`` metrics. ``prefix_mask`` is rewritten
+  as ``prefix_mask & response_mask``: verl's padding rows (``padding_utils.py``
+  ``upsample_batch_to_divisible_size``) copy a real row's fields, so their copied ``prefix_mask`` would not
+  match their 1-token response; after the rewrite they carry no demo token.
+
+How the actor forms mini-batches (verified in 0.9.1): the batch (already reordered by ``_balance_batch``
+and padded to a multiple of lcm(dp, mini-batch)) is cut into ``dp`` contiguous chunks, chunk ``r`` going to
+data-parallel rank ``r`` (``BatchMeta.chunk``, ``single_controller/base/decorator.py`` l.250); each rank
+splits its chunk with ``tensordict_utils.make_iterator(mini_batch_size // dp, seed=data_loader_seed + r,
+shuffle=actor.shuffle)`` (``engine_workers.py`` l.242-289). Global mini-batch ``j`` = the ``j``-th local
+mini-batch of every rank. :func:`actor_minibatch_group_ids` replays that with the same ``make_iterator``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+import transfer_queue as tq
+from tensordict import TensorDict
+from verl.protocol import DataProto
+from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils import tensordict_utils as tu
+from verl.utils.debug.metrics import calculate_debug_metrics
+from verl.workers.utils.padding import response_to_nested
+
+from prefix_rft.advantage import ESTIMATOR_NAME, prefix_rows
+from prefix_rft.config import EntropyClipConfig, PrefixRFTConfig
+from prefix_rft.core.entropy import select_top_entropy
+from prefix_rft.core.schedule import ratio_bounds
+from prefix_rft.verl_config import validate_verl_config
+
+logger = logging.getLogger(__name__)
+logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
+
+TOKEN_FIELD = "prefix_mask"
+KEEP_FIELD = "prefix_keep_mask"
+ROW_FIELDS = ("is_prefixed", "prefix_ratio", "prefix_len", "demo_missing", "demo_truncated")
+
+METRIC_KEYS = (
+    "ratio_low",
+    "ratio_high",
+    "ratio_mean",
+    "prefixed_frac",
+    "prefix_token_frac",
+    "kept_frac",
+    "kept_tokens",
+    "prefix_length",
+    "continuation_length",
+    "entropy_prefix",
+    "entropy_continuation",
+    "score_prefixed",
+    "score_on_policy",
+    "demo_missing",
+    "demo_truncated",
+)
+"""Keys logged under ``prefix_rft/`` every step (ARCHITECTURE.md metrics contract)."""
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def to_padded(x: Any, width: int | None = None, pad: float = 0) -> torch.Tensor:
+    """A TransferQueue per-token field (jagged or regular) as a right-padded ``[B, width]`` tensor."""
+    if isinstance(x, torch.Tensor) and x.is_nested:
+        x = x.to_padded_tensor(pad)
+    if width is not None and x.shape[1] != width:
+        if x.shape[1] > width:
+            x = x[:, :width]
+        else:
+            x = torch.nn.functional.pad(x, (0, width - x.shape[1]), value=pad)
+    return x
+
+
+def to_rows(x: Any) -> torch.Tensor:
+    """A TransferQueue per-sample field (tensor ``[B]``/``[B,1]`` or non-tensor stack) as a 1-D tensor."""
+    if isinstance(x, torch.Tensor):
+        return x.reshape(x.shape[0], -1)[:, 0] if x.dim() > 1 else x
+    return torch.as_tensor([float(v) for v in list(x)])
+
+
+def as_nested(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as a jagged nested tensor (TransferQueue returns a regular tensor when all rows are equal)."""
+    if x.is_nested:
+        return x
+    return torch.nested.as_nested_tensor(list(x.unbind(0)), layout=torch.jagged)
+
+
+def actor_minibatch_group_ids(
+    batch_size: int, dp_size: int, mini_batch_size: int, shuffle: bool = False, seed: int = 42
+) -> torch.Tensor:
+    """Index of the PPO mini-batch each row of the (balanced, padded) batch lands in during the update.
+
+    Replays verl 0.9.1's split (``TrainingWorker.train_mini_batch``): ``dp_size`` contiguous chunks, one per
+    data-parallel rank, each cut by ``tensordict_utils.make_iterator`` into ``mini_batch_size // dp_size``
+    rows with the rank's seed ``seed + rank``. With ``dp_size=1`` and no shuffle this is
+    :func:`prefix_rft.core.entropy.minibatch_group_ids`. The first epoch's split is returned (every epoch
+    uses the same one unless ``shuffle`` is on, which the config check forbids with ``ppo_epochs > 1``).
+    """
+    if batch_size % dp_size or mini_batch_size % dp_size or batch_size % mini_batch_size:
+        raise ValueError(
+            f"batch of {batch_size} rows cannot be split into mini-batches of {mini_batch_size} over {dp_size} "
+            "data-parallel ranks; verl pads the batch to a multiple of lcm(dp, ppo_mini_batch_size * rollout.n)"
+        )
+    local, local_mini = batch_size // dp_size, mini_batch_size // dp_size
+    group = torch.empty(batch_size, dtype=torch.long)
+    for rank in range(dp_size):
+        rows = TensorDict({"row": torch.arange(rank * local, (rank + 1) * local)}, batch_size=[local])
+        it = tu.make_iterator(
+            rows,
+            mini_batch_size=local_mini,
+            epochs=1,
+            seed=seed + rank,
+            dataloader_kwargs={"shuffle": shuffle},
+        )
+        for j, mini in enumerate(it):
+            group[mini["row"]] = j
+    return group
+
+
+def build_keep_mask(
+    entropy: torch.Tensor,
+    prefix_mask: torch.Tensor,
+    ecfg: EntropyClipConfig,
+    group_ids: torch.Tensor | None,
+) -> torch.Tensor:
+    """``prefix_keep_mask`` (int ``[B, T]``): the demo tokens whose advantage survives entropy clipping.
+
+    ``scope=mini_batch``: top ``ceil(k*N_g)`` prefix tokens of each mini-batch ``g`` (``group_ids``);
+    ``scope=batch``: of the whole batch. ``enable=false`` keeps every prefix token; ``scope=micro_batch``
+    cannot be decided on the driver (micro-batches form inside the engine), so every prefix token is a
+    candidate and the actor loss ranks them per micro-batch.
+    """
+    prefix = prefix_mask.bool()
+    if not ecfg.enable or ecfg.scope == "micro_batch":
+        return prefix.long()
+    groups = group_ids if ecfg.scope == "mini_batch" else None
+    return select_top_entropy(entropy, prefix, ecfg.top_ratio, group_ids=groups).long()
+
+
+def _mean(x: torch.Tensor) -> float:
+    return float(x.float().mean()) if x.numel() else 0.0
+
+
+def compute_prefix_metrics(
+    *,
+    response_mask: torch.Tensor,
+    prefix_mask: torch.Tensor,
+    keep_mask: torch.Tensor,
+    entropy: torch.Tensor,
+    scores: torch.Tensor,
+    is_prefixed: torch.Tensor,
+    prefix_ratio: torch.Tensor,
+    demo_missing: torch.Tensor,
+    demo_truncated: torch.Tensor,
+    bounds: tuple[float, float],
+) -> dict[str, float]:
+    """The ``prefix_rft/`` metrics of one step (rows = real rows, padding excluded by the caller).
+
+    Means over an empty set (e.g. no prefixed rollout in an RFT run) are logged as 0.0 so every key is
+    present and finite; ``prefixed_frac`` tells whether they are meaningful.
+    """
+    resp = response_mask.bool()
+    prefix = prefix_mask.bool() & resp
+    cont = resp & ~prefix
+    kept = keep_mask.bool() & prefix
+    pre_rows = is_prefixed.bool()
+    n_prefix = int(prefix.sum())
+    metrics = {
+        "ratio_low": float(bounds[0]),
+        "ratio_high": float(bounds[1]),
+        "ratio_mean": _mean(prefix_ratio[pre_rows]),
+        "prefixed_frac": _mean(pre_rows),
+        "prefix_token_frac": n_prefix / max(int(resp.sum()), 1),
+        "kept_frac": int(kept.sum()) / n_prefix if n_prefix else 0.0,
+        "kept_tokens": float(kept.sum()),
+        "prefix_length": _mean(prefix.sum(-1)[pre_rows]),
+        "continuation_length": _mean(cont.sum(-1)[pre_rows]),
+        "entropy_prefix": _mean(entropy[prefix]),
+        "entropy_continuation": _mean(entropy[cont]),
+        "score_prefixed": _mean(scores[pre_rows]),
+        "score_on_policy": _mean(scores[~pre_rows]),
+        "demo_missing": float(demo_missing.sum()),
+        "demo_truncated": float(demo_truncated.sum()),
+    }
+    return {f"prefix_rft/{k}": v for k, v in metrics.items()}
+
+
+def _merge_meta(new: Any, old: Any) -> Any:
+    """Keep the batch-level ``extra_info`` of ``old`` on the KVBatchMeta ``new`` returned by a put."""
+    new.extra_info = {**(old.extra_info or {}), **(new.extra_info or {})}
+    return new
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+class PrefixRFTTrainer(PPOTrainerSync):
+    """verl's synchronous v1 PPO trainer with the Prefix-RFT hooks (see the module docstring)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.prefix_cfg: PrefixRFTConfig = validate_verl_config(config)
+
+    # -- (e) the actor loss ------------------------------------------------------------------------
+
+    def _setup(self):
+        super()._setup()
+        self.actor_rollout_wg.set_loss_fn(self.build_actor_loss_fn())
+        logger.info("Prefix-RFT actor loss installed on the actor workers")
+
+    def build_actor_loss_fn(self):
+        """``partial(prefix_rft_ppo_loss, config=<ActorConfig>, prefix_config=<PrefixRFTConfig>)``.
+
+        Same call shape as verl's ``partial(ppo_loss, config=actor_config)`` (``engine_workers.py`` l.643);
+        the ``ActorConfig`` is built from the same yaml node the workers build theirs from (l.593) and
+        the validated ``prefix_rft`` block is bound into the partial (pickled to every worker with it).
+        """
+        from verl.utils.config import omega_conf_to_dataclass
+
+        from prefix_rft.actor_loss import make_prefix_rft_loss_fn
+
+        actor_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.actor)
+        return make_prefix_rft_loss_fn(actor_config, self.prefix_cfg)
+
+    # -- shared TQ access --------------------------------------------------------------------------
+
+    def _require_fields(self, batch, names) -> None:
+        present = set(batch.fields or [])
+        missing = [n for n in names if n not in present]
+        if batch.fields is not None and missing:
+            raise RuntimeError(
+                f"TransferQueue rows carry no {missing}: the rollout did not run the prefix_rft_agent loop. "
+                "Set actor_rollout_ref.rollout.agent.default_agent_loop=prefix_rft_agent and "
+                "actor_rollout_ref.model.external_lib=prefix_rft.plugin (the recipe yaml does both)."
+            )
+
+    def _actor_dp_size(self) -> int:
+        # Same lookup as PPOTrainer._balance_batch (trainer_base.py l.1611-1617).
+        wg = self.actor_rollout_wg
+        if "actor" not in wg._dispatch_info:
+            wg._dispatch_info["actor"] = wg._query_dispatch_info("actor")
+        return max(wg._dispatch_info["actor"]) + 1
+
+    # -- (c) rollout correction neutral on demo tokens ----------------------------------------------
+
+    def _compute_old_log_prob(self, batch, metrics: dict):
+        batch = super()._compute_old_log_prob(batch, metrics)
+        return self._neutralise_rollout_log_probs(batch, metrics)
+
+    def _neutralise_rollout_log_probs(self, batch, metrics: dict):
+        """``rollout_log_probs := old_log_probs`` on demo-prefix tokens (TQ), debug metrics recomputed."""
+        if batch.fields is not None and "rollout_log_probs" not in batch.fields:
+            return batch
+        self._require_fields(batch, [TOKEN_FIELD])
+        data = tq.kv_batch_get(
+            keys=batch.keys,
+            partition_id=batch.partition_id,
+            select_fields=["responses", "response_mask", TOKEN_FIELD, "old_log_probs", "rollout_log_probs"],
+        )
+        response_mask = as_nested(data["response_mask"])
+        width = to_padded(response_mask).shape[1]
+        resp = to_padded(response_mask, width)
+        prefix = to_padded(data[TOKEN_FIELD], width).bool() & resp.bool()
+        old = to_padded(data["old_log_probs"], width)
+        rollout = to_padded(data["rollout_log_probs"], width)
+        patched = torch.where(prefix, old, rollout)
+        put = TensorDict(
+            {"rollout_log_probs": response_to_nested(patched, response_mask)}, batch_size=len(batch)
+        )
+        new = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=put)
+        if self.config.actor_rollout_ref.rollout.calculate_log_probs:
+            # verl logged rollout-vs-actor diffs with the demo tokens' placeholder log-prob; redo them.
+            metrics.update(
+                calculate_debug_metrics(
+                    DataProto(
+                        batch=TensorDict(
+                            {
+                                "rollout_log_probs": patched,
+                                "old_log_probs": old,
+                                "response_mask": resp,
+                                "responses": to_padded(data["responses"], width),
+                            },
+                            batch_size=len(batch),
+                        )
+                    )
+                )
+            )
+        return _merge_meta(new, batch)
+
+    # -- (a) advantage, (b) keep-mask, (d) metrics -------------------------------------------------
+
+    def _compute_advantage(self, batch, metrics: dict):
+        self._require_fields(batch, [TOKEN_FIELD, *ROW_FIELDS])
+        rows = tq.kv_batch_get(
+            keys=batch.keys, partition_id=batch.partition_id, select_fields=list(ROW_FIELDS)
+        )
+        is_prefixed = to_rows(rows["is_prefixed"]).long()
+        with prefix_rows(is_prefixed, self.prefix_cfg.advantage):
+            batch = super()._compute_advantage(batch, metrics)
+
+        data = tq.kv_batch_get(
+            keys=batch.keys,
+            partition_id=batch.partition_id,
+            select_fields=["response_mask", TOKEN_FIELD, "entropy", "rm_scores"],
+        )
+        response_mask = as_nested(data["response_mask"])
+        width = to_padded(response_mask).shape[1]
+        resp = to_padded(response_mask, width)
+        prefix = to_padded(data[TOKEN_FIELD], width).long() * resp.long()  # padding rows -> 0
+        entropy = to_padded(data["entropy"], width).float()
+
+        group_ids = None
+        if self.prefix_cfg.entropy_clip.scope == "mini_batch":
+            actor = self.config.actor_rollout_ref.actor
+            group_ids = actor_minibatch_group_ids(
+                len(batch),
+                self._actor_dp_size(),
+                actor.ppo_mini_batch_size * self.config.actor_rollout_ref.rollout.n,
+                shuffle=bool(actor.shuffle),
+                seed=int(actor.data_loader_seed),
+            )
+        keep = build_keep_mask(entropy, prefix, self.prefix_cfg.entropy_clip, group_ids)
+        put = TensorDict(
+            {
+                TOKEN_FIELD: response_to_nested(prefix, response_mask),
+                KEEP_FIELD: response_to_nested(keep, response_mask),
+            },
+            batch_size=len(batch),
+        )
+        new = _merge_meta(
+            tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=put), batch
+        )
+
+        real = torch.tensor([not tag.get("is_padding", False) for tag in batch.tags], dtype=torch.bool)
+        metrics.update(
+            compute_prefix_metrics(
+                response_mask=resp[real],
+                prefix_mask=prefix[real],
+                keep_mask=keep[real],
+                entropy=entropy[real],
+                scores=to_padded(data["rm_scores"], width).float().sum(-1)[real],
+                is_prefixed=is_prefixed[real],
+                prefix_ratio=to_rows(rows["prefix_ratio"]).float()[real],
+                demo_missing=to_rows(rows["demo_missing"])[real],
+                demo_truncated=to_rows(rows["demo_truncated"])[real],
+                bounds=ratio_bounds(self.global_steps, self.prefix_cfg.ratio),
+            )
+        )
+        return new
+
+
+# ----------------------------------------------------------------------------- task runner
+
+
+class PrefixRFTTaskRunner:
+    """What verl's ``TaskRunnerV1`` (``verl/trainer/main_ppo.py`` l.103-160) does, building our trainer.
+
+    verl's runner is already a Ray actor class (it cannot be subclassed), so this plain class mirrors its
+    two methods; wrap it with ``ray.remote`` and hand it to ``verl.trainer.main_ppo.run_ppo``.
+    """
+
+    def __init__(self):
+        self.config = None
+        self.trainer = None
+        self.agent_loop_manager = None
+
+    def init_agent_loop_manager(self):
+        """verl's TransferQueue agent-loop manager (or ``rollout.agent.agent_loop_manager_class``)."""
+        from verl.trainer.ppo.v1 import AgentLoopManagerTQ
+        from verl.utils.import_utils import load_class_from_fqn
+
+        fqn = self.config.actor_rollout_ref.rollout.get("agent", {}).get("agent_loop_manager_class")
+        manager_cls = load_class_from_fqn(fqn, "AgentLoopManager") if fqn else AgentLoopManagerTQ
+        self.agent_loop_manager = manager_cls.create(
+            config=self.config,
+            llm_client=self.trainer.get_llm_client(),
+            teacher_client=self.trainer.get_teacher_client(),
+            reward_loop_worker_handles=self.trainer.get_reward_handles(),
+        )
+
+    def run(self, config):
+        """Init TransferQueue, build :class:`PrefixRFTTrainer`, fit; always close TQ and the logger."""
+        from pprint import pprint
+
+        from omegaconf import OmegaConf
+        from verl.utils.logging_utils import configure_verl_logging
+
+        configure_verl_logging()
+        config.transfer_queue.enable = True
+        pprint(OmegaConf.to_container(config, resolve=True))
+        OmegaConf.resolve(config)
+        self.config = config
+        tq.init(config.transfer_queue)
+        succeeded = False
+        try:
+            self.trainer = PrefixRFTTrainer(config=config)
+            self.trainer.init()
+            self.init_agent_loop_manager()
+            self.trainer.fit(self.agent_loop_manager)
+            succeeded = True
+        finally:
+            try:
+                tracking = getattr(self.trainer, "logger", None)
+                if tracking is not None:
+                    tracking.finish(exit_code=0 if succeeded else 1)
+            finally:
+                tq.close()
+
+
+def run_prefix_rft(config) -> None:
+    """Validate the config and train with verl's ``run_ppo`` (Ray init included) and our task runner."""
+    import ray
+    from verl.trainer.main_ppo import run_ppo
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+    from verl.utils.device import auto_set_device
+
+    auto_set_device(config)
+    validate_verl_config(config)
+    validate_config(
+        config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config)
+    )
+    run_ppo(config, task_runner_class=ray.remote(PrefixRFTTaskRunner))
+
+
+__all__ = [
+    "PrefixRFTTaskRunner",
+    "run_prefix_rft",
+    "ESTIMATOR_NAME",
+    "KEEP_FIELD",
+    "METRIC_KEYS",
+    "PrefixRFTTrainer",
+    "actor_minibatch_group_ids",
+    "build_keep_mask",
+    "compute_prefix_metrics",
+]

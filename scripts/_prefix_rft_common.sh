@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Shared body of the scripts/run_*.sh launchers (sourced, never run directly).
+#
+# Each launcher sets METHOD_ARGS (the method's prefix_rft.* overrides: Prefix-RFT, RFT, LUFFY-style) and
+# optionally ENGINE_ARGS (FSDP by default, Megatron), then calls `prefix_rft_train "$@"`. The command line
+# comes last, so any hydra override given to a launcher wins, e.g.
+#   bash scripts/run_prefix_rft_qwen7b.sh trainer.nnodes=2 data.train_batch_size=256
+# `--cfg job` prints the composed config and launches nothing (no GPU needed).
+#
+# Knobs (environment variables, with defaults):
+#   MODEL_PATH     HF id or local dir of the policy (LUFFY's 16k-context Qwen2.5-Math-7B)
+#   DATA_DIR       folder with train.parquet / val.parquet (see the recipe README for preparing them)
+#   TRAIN_FILES, VAL_FILES   parquet paths (default: $DATA_DIR/train.parquet, $DATA_DIR/val.parquet)
+#   NNODES, GPUS_PER_NODE    cluster shape (1 x 8 GPUs)
+#   ROLLOUT_NAME   vllm | sglang;  ROLLOUT_TP   rollout tensor parallel size;  GPU_MEM_UTIL   rollout memory
+#   MAX_TOKEN_LEN_PER_GPU    token budget of a dynamic micro-batch (actor and log-prob passes)
+#   TOTAL_STEPS    training steps (500 = where the cosine ratio schedule reaches its floor)
+#   PROJECT, EXP_NAME, LOGGER   tracking;  CKPT_DIR   checkpoint folder;  PYTHON   interpreter
+
+set -xeuo pipefail
+
+PREFIX_RFT_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+MODEL_PATH=${MODEL_PATH:-Elliott/Qwen2.5-Math-7B-16k-think}
+DATA_DIR=${DATA_DIR:-$HOME/data/prefix_rft}
+TRAIN_FILES=${TRAIN_FILES:-$DATA_DIR/train.parquet}
+VAL_FILES=${VAL_FILES:-$DATA_DIR/val.parquet}
+NNODES=${NNODES:-1}
+GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+ROLLOUT_NAME=${ROLLOUT_NAME:-vllm}
+ROLLOUT_TP=${ROLLOUT_TP:-2}
+GPU_MEM_UTIL=${GPU_MEM_UTIL:-0.6}
+MAX_TOKEN_LEN_PER_GPU=${MAX_TOKEN_LEN_PER_GPU:-18432}
+TOTAL_STEPS=${TOTAL_STEPS:-500}
+PROJECT=${PROJECT:-prefix_rft}
+LOGGER=${LOGGER:-'["console","wandb"]'}
+PYTHON=${PYTHON:-python3}
+
+METHOD_ARGS=()
+ENGINE_ARGS=()
+
+# prefix_rft_train [hydra overrides...]: launch recipe/prefix_rft/main_prefix_rft.py.
+prefix_rft_train() {
+    local exp_name=${EXP_NAME:-${METHOD_NAME:-prefix_rft}_qwen2.5_math_7b}
+    local ckpt_dir=${CKPT_DIR:-checkpoints/${PROJECT}/${exp_name}}
+    local common_args=(
+        data.train_files="$TRAIN_FILES"
+        data.val_files="$VAL_FILES"
+        actor_rollout_ref.model.path="$MODEL_PATH"
+        actor_rollout_ref.actor.ppo_max_token_len_per_gpu="$MAX_TOKEN_LEN_PER_GPU"
+        actor_rollout_ref.rollout.name="$ROLLOUT_NAME"
+        actor_rollout_ref.rollout.tensor_model_parallel_size="$ROLLOUT_TP"
+        actor_rollout_ref.rollout.gpu_memory_utilization="$GPU_MEM_UTIL"
+        trainer.nnodes="$NNODES"
+        trainer.n_gpus_per_node="$GPUS_PER_NODE"
+        trainer.total_training_steps="$TOTAL_STEPS"
+        trainer.project_name="$PROJECT"
+        trainer.experiment_name="$exp_name"
+        trainer.default_local_dir="$ckpt_dir"
+        trainer.logger="$LOGGER"
+    )
+    "$PYTHON" "$PREFIX_RFT_ROOT/recipe/prefix_rft/main_prefix_rft.py" \
+        "${common_args[@]}" "${ENGINE_ARGS[@]}" "${METHOD_ARGS[@]}" "$@"
+}

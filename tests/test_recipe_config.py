@@ -1,0 +1,239 @@
+"""The recipe config: composition on top of the installed verl, overrides, validation, run scripts."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from prefix_rft.config import PrefixRFTConfig, PrefixRFTConfigError
+from prefix_rft.verl_config import validate_verl_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = str(ROOT / "recipe" / "prefix_rft" / "config")
+MAIN = ROOT / "recipe" / "prefix_rft" / "main_prefix_rft.py"
+
+
+def recipe_config(*overrides: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return compose(config_name="prefix_rft_trainer", overrides=list(overrides))
+
+
+def test_recipe_composes_with_paper_settings():
+    cfg = recipe_config()
+    a, r = cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.rollout
+    assert cfg.algorithm.adv_estimator == "prefix_rft" and cfg.algorithm.use_kl_in_reward is False
+    assert (a.optim.lr, a.optim.clip_grad, a.ppo_epochs, a.ppo_mini_batch_size) == (1e-6, 1.0, 1, 64)
+    assert (a.entropy_coeff, a.use_kl_loss, a.clip_ratio_low, a.clip_ratio_high, a.clip_ratio_c) == (
+        0.001,
+        False,
+        0.2,
+        0.2,
+        3.0,
+    )
+    assert a.calculate_entropy is True
+    assert (r.n, r.temperature, r.val_kwargs.temperature) == (8, 1.0, 0.6)
+    assert r.agent.default_agent_loop == "prefix_rft_agent"
+    assert cfg.actor_rollout_ref.model.external_lib == "prefix_rft.plugin"
+    assert (cfg.data.train_batch_size, cfg.data.max_prompt_length, cfg.data.max_response_length) == (
+        128,
+        1024,
+        8192,
+    )
+    assert dict(cfg.reward.custom_reward_function) == {
+        "path": "pkg://prefix_rft.reward",
+        "name": "compute_score",
+    }
+    assert cfg.trainer.use_v1 is True and cfg.trainer.v1.trainer_mode == "sync"
+    # the rollout sees prompt + response within the data budgets
+    assert (r.prompt_length, r.response_length) == (1024, 8192)
+
+
+def test_prefix_rft_block_mirrors_the_dataclass_exactly():
+    block = OmegaConf.to_container(recipe_config().prefix_rft, resolve=True)
+    assert block == dataclasses.asdict(PrefixRFTConfig())
+    assert validate_verl_config(recipe_config()) == PrefixRFTConfig()
+
+
+def test_verl_validates_the_recipe():
+    """verl's own start-up checks (batch sizes, dynamic bsz, actor dataclass) accept the recipe."""
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import omega_conf_to_dataclass, validate_config
+
+    cfg = recipe_config()
+    assert not need_critic(cfg) and not need_reference_policy(cfg)
+    validate_config(cfg, use_reference_policy=False, use_critic=False)
+    assert type(omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)).__name__ == "FSDPActorConfig"
+
+
+def test_cli_overrides_apply():
+    cfg = recipe_config(
+        "prefix_rft.entropy_clip.top_ratio=0.5",
+        "prefix_rft.ratio.schedule=linear",
+        "prefix_rft.advantage.mode=prefix_aware",
+        "actor_rollout_ref.actor.optim.lr=2e-6",
+        "actor_rollout_ref.rollout.n=4",
+        "prefix_rft.num_prefixed=2",
+    )
+    pcfg = validate_verl_config(cfg)
+    assert (pcfg.entropy_clip.top_ratio, pcfg.ratio.schedule, pcfg.advantage.mode, pcfg.num_prefixed) == (
+        0.5,
+        "linear",
+        "prefix_aware",
+        2,
+    )
+    assert cfg.actor_rollout_ref.actor.optim.lr == 2e-6 and cfg.actor_rollout_ref.actor.rollout_n == 4
+
+
+def test_megatron_and_sglang_compose():
+    from verl.utils.config import omega_conf_to_dataclass
+
+    cfg = recipe_config("model_engine=megatron", "actor_rollout_ref.rollout.name=sglang")
+    assert cfg.actor_rollout_ref.actor.strategy == "megatron"
+    assert cfg.actor_rollout_ref.rollout.name == "sglang"
+    assert (
+        cfg.actor_rollout_ref.actor.ppo_mini_batch_size == 64
+        and cfg.actor_rollout_ref.actor.entropy_coeff == 0.001
+    )
+    assert type(omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)).__name__ == "McoreActorConfig"
+    assert validate_verl_config(cfg) == PrefixRFTConfig()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["prefix_rft.num_prefixed=9"], "prefix_rft.num_prefixed"),
+        (["prefix_rft.ratio.schedule=exp"], "prefix_rft.ratio.schedule"),
+        (["prefix_rft.entropy_clip.top_ratio=0"], "prefix_rft.entropy_clip.top_ratio"),
+        (["prefix_rft.loss.is_mode=sft"], "prefix_rft.loss.is_mode"),
+        (["+prefix_rft.ratio.typo=1"], "prefix_rft.ratio.typo"),
+        (["algorithm.adv_estimator=grpo"], "algorithm.adv_estimator"),
+        (
+            ["actor_rollout_ref.rollout.agent.default_agent_loop=single_turn_agent"],
+            "actor_rollout_ref.rollout.agent.default_agent_loop",
+        ),
+        (["algorithm.rollout_correction.bypass_mode=true"], "algorithm.rollout_correction.bypass_mode"),
+        (
+            ["actor_rollout_ref.actor.shuffle=true", "actor_rollout_ref.actor.ppo_epochs=2"],
+            "actor_rollout_ref.actor.shuffle",
+        ),
+        (["prefix_rft.entropy_clip.scope=micro_batch"], "prefix_rft.entropy_clip.scope"),
+        (["trainer.v1.trainer_mode=colocate_async"], "trainer.v1.trainer_mode"),
+    ],
+)
+def test_invalid_values_fail_naming_the_key(overrides, key):
+    with pytest.raises(PrefixRFTConfigError) as err:
+        validate_verl_config(recipe_config(*overrides))
+    assert key in str(err.value) and (
+        "Fix" in str(err.value) or "fix" in str(err.value) or "known keys" in str(err.value)
+    )
+
+
+def test_rft_baseline_accepts_plain_verl_choices():
+    """With no prefixes the Prefix-RFT-only requirements are lifted (e.g. verl's grpo estimator)."""
+    cfg = recipe_config("prefix_rft.num_prefixed=0", "algorithm.adv_estimator=grpo")
+    assert validate_verl_config(cfg).num_prefixed == 0
+
+
+def _env():
+    env = dict(os.environ, PYTHON=sys.executable, HOME=os.environ.get("HOME", "/tmp"))
+    return env
+
+
+def test_main_rejects_a_bad_value_before_starting_ray(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(MAIN), "prefix_rft.ratio.high=1.5"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env=_env(),
+    )
+    assert out.returncode != 0
+    assert "prefix_rft.ratio.high=1.5 is invalid" in out.stderr + out.stdout
+    assert "Started a local Ray instance" not in out.stderr + out.stdout
+
+
+SCRIPTS = {
+    # script: (extra command-line overrides, expected values in the printed config)
+    "run_prefix_rft_qwen7b.sh": (
+        ["trainer.nnodes=2"],
+        {
+            "prefix_rft.num_prefixed": 1,
+            "prefix_rft.ratio.schedule": "cosine",
+            "trainer.nnodes": 2,
+            "model_engine": "dp",
+            "trainer.experiment_name": "prefix_rft_qwen2.5_math_7b",
+            "actor_rollout_ref.model.path": "Elliott/Qwen2.5-Math-7B-16k-think",
+            "actor_rollout_ref.rollout.n": 8,
+        },
+    ),
+    "run_prefix_rft_qwen7b_megatron.sh": (
+        [],
+        {
+            "model_engine": "megatron",
+            "actor_rollout_ref.actor.megatron.tensor_model_parallel_size": 4,
+            "prefix_rft.entropy_clip.top_ratio": 0.2,
+        },
+    ),
+    "run_rft_qwen7b.sh": (
+        ["actor_rollout_ref.rollout.name=sglang"],
+        {
+            "prefix_rft.num_prefixed": 0,
+            "actor_rollout_ref.rollout.name": "sglang",
+            "trainer.experiment_name": "rft_qwen2.5_math_7b",
+        },
+    ),
+    "run_luffy_qwen7b.sh": (
+        ["prefix_rft.loss.luffy_gamma=0.2"],
+        {
+            "prefix_rft.ratio.schedule": "const",
+            "prefix_rft.ratio.low_start": 1.0,
+            "prefix_rft.ratio.low_end": 1.0,
+            "prefix_rft.ratio.high": 1.0,
+            "prefix_rft.loss.is_mode": "luffy",
+            "prefix_rft.loss.luffy_gamma": 0.2,
+            "prefix_rft.entropy_clip.enable": False,
+        },
+    ),
+}
+
+
+def _run_script(name, extra, cwd):
+    env = _env()
+    env["MODEL_PATH"] = "Elliott/Qwen2.5-Math-7B-16k-think"
+    env.pop("EXP_NAME", None)
+    return subprocess.run(
+        ["bash", str(ROOT / "scripts" / name), *extra, "--cfg", "job"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+        env=env,
+    )
+
+
+def test_run_scripts_print_the_composed_config(tmp_path):
+    """Each launcher with `--cfg job` prints its config (no GPU, nothing launched); the command line wins."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = dict(
+            zip(SCRIPTS, pool.map(lambda n: _run_script(n, SCRIPTS[n][0], tmp_path), SCRIPTS), strict=True)
+        )
+    for name, out in results.items():
+        assert out.returncode == 0, f"{name}: {out.stderr[-3000:]}"
+        cfg = OmegaConf.create(yaml.safe_load(out.stdout))
+        for key, value in SCRIPTS[name][1].items():
+            assert OmegaConf.select(cfg, key) == value, (
+                f"{name}: {key}={OmegaConf.select(cfg, key)!r} != {value!r}"
+            )
+        pcfg = validate_verl_config(cfg)
+        assert pcfg.ratio.schedule == cfg.prefix_rft.ratio.schedule
+        assert "Started a local Ray instance" not in out.stderr
