@@ -4,7 +4,7 @@
 2. The per-token Prefix-RFT loss with every option on vs verl's ``compute_policy_loss_vanilla`` on the
    same 16 x 8192 inputs (forward + backward), both aggregated with token-mean.
 
-Usage: python scripts/bench_core.py [--device cpu|cuda] [--repeats N]
+Usage: python scripts/bench_core.py [--device cpu|cuda] [--repeats N] [--threads N]
 """
 
 from __future__ import annotations
@@ -109,7 +109,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=8192)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = bench_selection(args.device, args.repeats) + [
         bench_loss(args.device, args.repeats, args.batch, args.seq)
     ]
