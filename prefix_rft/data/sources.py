@@ -1,0 +1,102 @@
+"""Loading source rows: a Hugging Face hub id (``datasets.load_dataset``) or a local jsonl/json/parquet
+file or directory; writing parquet."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Any
+
+LOCAL_SUFFIXES = (".parquet", ".jsonl", ".json")
+
+
+class SourceError(RuntimeError):
+    """A dataset could not be loaded; the message says how to load it otherwise."""
+
+
+def is_local(source: str) -> bool:
+    return os.path.exists(source)
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise SourceError(
+                    f"{path}:{lineno}: not a JSON object ({e.msg}); fix or remove that line"
+                ) from e
+    return rows
+
+
+def read_local(path: str) -> list[dict]:
+    """Rows of a local ``.parquet``, ``.jsonl`` or ``.json`` (a list of objects, or jsonl) file, or of every
+    such file in a directory (sorted, recursively; e.g. a downloaded hub snapshot)."""
+    if os.path.isdir(path):
+        files = sorted(
+            f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True) if f.endswith(LOCAL_SUFFIXES)
+        )
+        if not files:
+            raise SourceError(f"{path}: no .parquet/.jsonl/.json files inside")
+        rows: list[dict] = []
+        for f in files:
+            rows.extend(read_local(f))
+        return rows
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if path.endswith(".jsonl"):
+        return _read_jsonl(path)
+    if path.endswith(".json"):
+        with open(path, encoding="utf-8") as f:
+            head = f.read(1)
+            f.seek(0)
+            if head == "[":
+                data = json.load(f)
+                if not isinstance(data, list):
+                    raise SourceError(f"{path}: expected a JSON list of row objects")
+                return data
+        return _read_jsonl(path)
+    raise SourceError(f"{path}: unsupported file type (use .parquet, .jsonl or .json)")
+
+
+def load_rows(source: str, *, split: str = "train", config: str | None = None) -> list[dict]:
+    """Rows of ``source``: a local file/directory (see :func:`read_local`) or a hub dataset id.
+
+    Hub ids go through ``datasets.load_dataset(source, config, split=split)``. Where the hub cannot be
+    reached, download the data elsewhere and pass the local file instead; the error says so.
+    """
+    if is_local(source):
+        return read_local(source)
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(source, config, split=split)
+    except Exception as e:  # noqa: BLE001 - re-raised with the fix
+        cfg = f" (config {config!r})" if config else ""
+        raise SourceError(
+            f"could not load {source!r}{cfg} split {split!r} from the Hugging Face hub: "
+            f"{type(e).__name__}: {e}. Without hub access, download it elsewhere "
+            f"(e.g. `huggingface-cli download --repo-type dataset {source}`) and pass the local "
+            f"parquet/jsonl file or directory instead."
+        ) from e
+    return ds.to_list()
+
+
+def write_parquet(rows: list[dict[str, Any]], path: str) -> str:
+    """Write rows as parquet (nested lists/structs kept) readable by verl's RLHFDataset."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    table = pa.Table.from_pylist(rows)
+    tmp = path + ".tmp"
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,313 @@
+"""Rule-based 0/1 answer reward (the paper's reward, sec. 4: math_verify on the final answer).
+
+verl custom reward function: point verl at it with
+
+    reward.custom_reward_function.path=pkg://prefix_rft.reward
+    reward.custom_reward_function.name=compute_score
+
+verl 0.9.1's reward loop (``NaiveRewardManager.run_single``) calls
+``compute_score(data_source=, solution_str=, ground_truth=, extra_info=)`` in a thread-pool executor
+(``loop.run_in_executor``) and accepts a float or a dict with a ``"score"`` key; every other key of the
+dict becomes a per-sample ``reward_extra_info`` column (``acc`` is what verl's validation metrics
+prefer, a string ``pred`` is used for majority voting).
+
+What is scored: the content of the LAST ``\\boxed{...}`` (or ``\\fbox{...}``) of the answer, where the
+answer is the text after the last ``</think>`` when the response has one, else the whole response.
+No box -> score 0. Multiple-choice benchmarks (``data_source`` in :data:`MULTIPLE_CHOICE_SOURCES`, or
+``extra_info["answer_type"] == "multiple_choice"``) compare the boxed option letter with the ground truth.
+
+Safety. math-verify bounds its own run time with ``signal.alarm``, which raises off the main thread;
+here its timeouts are disabled (``parsing_timeout=None, timeout_seconds=None``) so the function works
+in threads and asyncio executors, and its run time is bounded by guards applied BEFORE parsing instead
+(measured on math-verify 0.9.0: nested brace groups cost ~2x per level, a 30-deep parenthesis nest
+~10 s, ``9^{9^{9}}`` never finishes and holds the GIL). A response that trips a guard scores 0. The
+function never raises: any error scores 0 (and is counted in :data:`STATS`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# ---- guards (every limit is a module constant so a user can tune it) --------------------------------
+MAX_ANSWER_CHARS = 400
+"""Longest boxed content that is parsed; longer content scores 0."""
+MAX_BRACE_DEPTH = 5
+"""Deepest ``{...}`` nesting inside the box (math-verify's parse time doubles per level)."""
+MAX_GROUP_DEPTH = 10
+"""Deepest nesting of ``{}``, ``()`` and ``[]`` together."""
+MAX_NUMBER_DIGITS = 60
+"""Longest digit run of a numeric literal."""
+MAX_EXPONENT_DIGITS = 5
+"""Longest literal exponent after ``^`` or ``**`` (10^{99999} evaluates in ~0.2 s; 10^{10^7} in ~9 s)."""
+MAX_POWERS = 8
+"""Most ``^``/``**`` operators in one answer."""
+
+MULTIPLE_CHOICE_SOURCES = frozenset({"arc_c", "gpqa_diamond", "mmlu_pro"})
+"""``data_source`` values scored as multiple choice (the OOD sets written by ``prefix_rft.data``)."""
+
+STATS: Counter = Counter()
+"""Process-wide counts of why answers scored 0 (``no_box``, ``guard:<name>``, ``error``...)."""
+_STATS_LOCK = threading.Lock()
+
+_BOX_COMMANDS = ("\\boxed", "\\fbox")
+_DIGIT_RUN = re.compile(r"\d{" + str(MAX_NUMBER_DIGITS + 1) + ",}")
+_EXPONENT = re.compile(r"(?:\^|\*\*)\s*(\{)?\s*([-+]?\d+)")
+_LETTER = re.compile(r"^\(?([A-J])\)?(?:[.:)\s]|$)")
+_TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
+
+
+def _count(reason: str) -> None:
+    with _STATS_LOCK:
+        STATS[reason] += 1
+
+
+def answer_segment(solution_str: str) -> str:
+    """The part of a response that holds the final answer: the text after the last ``</think>``, if any."""
+    cut = solution_str.rfind("</think>")
+    return solution_str if cut < 0 else solution_str[cut + len("</think>") :]
+
+
+def last_boxed(text: str, max_chars: int = MAX_ANSWER_CHARS) -> str | None:
+    """Content of the last ``\\boxed{...}``/``\\fbox{...}`` in ``text`` (balanced braces), else None.
+
+    Runs in O(len(text) + max_chars): the box is located with ``rfind`` and its content scanned at most
+    ``max_chars`` characters; a longer or unterminated box returns None. ``\\boxed 5`` (no braces)
+    returns the next whitespace-delimited token.
+    """
+    start = max(text.rfind(cmd) for cmd in _BOX_COMMANDS)
+    if start < 0:
+        return None
+    cmd = "\\boxed" if text.startswith("\\boxed", start) else "\\fbox"
+    i = start + len(cmd)
+    n = len(text)
+    while i < n and text[i] == " ":
+        i += 1
+    if i >= n:
+        return None
+    if text[i] != "{":
+        if not text[i - 1].isspace():  # e.g. "\boxedx": not a box command
+            return None
+        token = re.match(r"[^\s$]+", text[i : i + max_chars + 1])
+        return token.group(0) if token and len(token.group(0)) <= max_chars else None
+    depth = 0
+    j = i
+    end_limit = min(n, i + max_chars + 2)
+    while j < end_limit:
+        ch = text[j]
+        if ch == "\\":  # an escaped char (\{, \}, \\) never changes the depth
+            j += 2
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1 : j]
+        j += 1
+    return None
+
+
+def guard_reason(expr: str) -> str | None:
+    """Why ``expr`` is unsafe to hand to math-verify (a short reason), or None when it is safe."""
+    if len(expr) > MAX_ANSWER_CHARS:
+        return "too_long"
+    brace = group = max_brace = max_group = 0
+    k = 0
+    while k < len(expr):
+        ch = expr[k]
+        if ch == "\\":  # \{ \} are literal braces (sets), not groups
+            k += 2
+            continue
+        if ch == "{":
+            brace += 1
+            group += 1
+        elif ch == "}":
+            brace -= 1
+            group -= 1
+        elif ch in "([":
+            group += 1
+        elif ch in ")]":
+            group -= 1
+        max_brace, max_group = max(max_brace, brace), max(max_group, group)
+        k += 1
+    if max_brace > MAX_BRACE_DEPTH:
+        return "brace_depth"
+    if max_group > MAX_GROUP_DEPTH:
+        return "group_depth"
+    if _DIGIT_RUN.search(expr):
+        return "digits"
+    n_powers = expr.count("^") + expr.count("**")
+    if n_powers > MAX_POWERS:
+        return "powers"
+    for match in _EXPONENT.finditer(expr):
+        if len(match.group(2).lstrip("+-")) > MAX_EXPONENT_DIGITS:
+            return "exponent"
+    if _has_power_tower(expr):
+        return "power_tower"
+    return None
+
+
+def _has_power_tower(expr: str) -> bool:
+    """True when an exponent itself contains a power (``a^{b^c}``, ``a^b^c``, ``a**b**c``)."""
+    s = expr.replace("**", "^")
+    for k, ch in enumerate(s):
+        if ch != "^":
+            continue
+        j = k + 1
+        while j < len(s) and s[j] == " ":
+            j += 1
+        if j < len(s) and s[j] == "{":
+            depth = 0
+            for m in range(j, len(s)):
+                if s[m] == "{":
+                    depth += 1
+                elif s[m] == "}":
+                    depth -= 1
+                    if depth == 0:
+                        break
+                elif s[m] == "^":
+                    return True
+        elif j < len(s):  # a bare exponent is one token: a number, a \command or one character
+            m = j + 1
+            if s[j].isdigit():
+                while m < len(s) and (s[m].isdigit() or s[m] == "."):
+                    m += 1
+            elif s[j] == "\\":
+                while m < len(s) and s[m].isalpha():
+                    m += 1
+            if s[m:].lstrip().startswith("^"):
+                return True
+    return False
+
+
+class _DropTimeoutDisabledWarning(logging.Filter):
+    """math-verify warns once per process that its timeout is off: here that is deliberate (see guards)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Timeout is disabled" not in record.getMessage()
+
+
+_MV_CACHE: tuple | None = None
+
+
+def _math_verify():
+    """Import math-verify lazily (keeps ``import prefix_rft.reward`` cheap) and build the parse configs."""
+    global _MV_CACHE
+    if _MV_CACHE is None:
+        from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+        for name in ("math_verify.parser", "math_verify.grader"):
+            logging.getLogger(name).addFilter(_DropTimeoutDisabledWarning())
+        config = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
+        _MV_CACHE = (parse, verify, config)
+    return _MV_CACHE
+
+
+def math_equal(pred: str, gold: str) -> bool:
+    """math-verify equivalence of two final answers (box contents), timeouts off (thread safe).
+
+    Both sides are wrapped as ``\\boxed{...}`` so they are normalised the same way. Callers must have
+    checked :func:`guard_reason` on both.
+    """
+    if _normalise(pred) == _normalise(gold):
+        return True
+    parse, verify, config = _math_verify()
+    gold_parsed = parse("\\boxed{" + gold + "}", extraction_config=config, parsing_timeout=None)
+    pred_parsed = parse("\\boxed{" + pred + "}", extraction_config=config, parsing_timeout=None)
+    if not gold_parsed or not pred_parsed:
+        return False
+    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
+
+
+def _normalise(s: str) -> str:
+    s = _TEXT_WRAPPER.sub(r"\1", s)
+    return re.sub(r"\s+", "", s).rstrip(".").replace("\\!", "").replace("\\,", "")
+
+
+def choice_letter(content: str) -> str | None:
+    """The option letter (A-J) of a boxed multiple-choice answer: ``A``, ``(B)``, ``\\text{C}``, ``D. text``."""
+    s = _TEXT_WRAPPER.sub(r"\1", content).strip().strip("$").strip()
+    m = _LETTER.match(s)
+    return m.group(1) if m else None
+
+
+def _gold_answer(ground_truth: Any) -> str:
+    if hasattr(ground_truth, "tolist") and not isinstance(ground_truth, str):  # numpy scalar / array
+        ground_truth = ground_truth.tolist()
+    if isinstance(ground_truth, (list, tuple)):
+        ground_truth = ground_truth[0] if ground_truth else None
+    if ground_truth is None or isinstance(ground_truth, bool):
+        return ""
+    gold = str(ground_truth).strip()
+    if "\\boxed" in gold or "\\fbox" in gold:
+        boxed = last_boxed(gold, max_chars=max(len(gold), MAX_ANSWER_CHARS))
+        gold = boxed if boxed is not None else gold
+    if len(gold) >= 2 and gold[0] == "$" and gold[-1] == "$":
+        gold = gold.strip("$")
+    return gold
+
+
+def score_answer(solution_str: str, ground_truth: Any, multiple_choice: bool = False) -> dict:
+    """Score one response against its ground truth: ``{"score": 0.0|1.0, "acc": bool, "pred": str}``.
+
+    Never raises; a response without a box, with an unsafe answer (see the guards) or one that errors
+    scores 0 (``pred`` holds the extracted box content, ``""`` when there is none).
+    """
+    pred = ""
+    try:
+        if not isinstance(solution_str, str):
+            _count("not_a_string")
+            return _result(False, "")
+        content = last_boxed(answer_segment(solution_str))
+        if content is None:
+            _count("no_box")
+            return _result(False, "")
+        pred = content.strip()
+        gold = _gold_answer(ground_truth)
+        if not pred or not gold:
+            _count("empty")
+            return _result(False, pred)
+        if multiple_choice:
+            letter = choice_letter(pred)
+            gold_letter = choice_letter(gold) or gold.upper()
+            return _result(letter is not None and letter == gold_letter, pred)
+        for side, expr in (("pred", pred), ("gold", gold)):
+            reason = guard_reason(expr)
+            if reason is not None:
+                _count(f"guard:{side}:{reason}")
+                return _result(False, pred)
+        return _result(math_equal(pred, gold), pred)
+    except Exception:  # noqa: BLE001 - a reward function must never crash the trainer
+        _count("error")
+        logger.debug("reward error", exc_info=True)
+        return _result(False, pred)
+
+
+def _result(correct: bool, pred: str) -> dict:
+    return {"score": 1.0 if correct else 0.0, "acc": bool(correct), "pred": pred}
+
+
+def is_multiple_choice(data_source: Any, extra_info: Any) -> bool:
+    """Whether a row is scored as multiple choice (by ``data_source`` or ``extra_info["answer_type"]``)."""
+    if isinstance(extra_info, Mapping) and extra_info.get("answer_type") == "multiple_choice":
+        return True
+    return str(data_source) in MULTIPLE_CHOICE_SOURCES
+
+
+def compute_score(
+    data_source: Any, solution_str: str, ground_truth: Any, extra_info: Any = None, **kwargs: Any
+) -> dict:
+    """verl custom reward entry point (signature of verl 0.9.1's reward loop); see the module docstring.
+
+    Returns ``{"score": float (0.0 or 1.0), "acc": bool, "pred": str}``.
+    """
+    return score_answer(
+        solution_str, ground_truth, multiple_choice=is_multiple_choice(data_source, extra_info)
+    )

@@ -1,0 +1,402 @@
+"""prefix_rft.data: OpenR1 / generic training data, eval sets, the data contract, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from prefix_rft.data import ContractError, read_parquet_rows, validate_parquet, validate_rows
+from prefix_rft.data.__main__ import main as data_main
+from prefix_rft.data.contract import INSTRUCTION
+from prefix_rft.data.eval_sets import BENCHMARKS, prepare_eval
+from prefix_rft.data.sources import SourceError, load_rows
+from prefix_rft.data.train import percentiles, prepare_generic, prepare_openr1, with_instruction
+from prefix_rft.reward import compute_score
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+OPENR1_JSONL = os.path.join(FIXTURES, "openr1_sample.jsonl")
+GENERIC_JSONL = os.path.join(FIXTURES, "generic_sample.jsonl")
+EVAL_DIR = os.path.join(FIXTURES, "eval")
+
+# The public schema of Elliott/Openr1-Math-46k-8192 (as the hub's parquet stores it).
+OPENR1_SCHEMA = pa.schema(
+    [
+        ("data_source", pa.string()),
+        ("prompt", pa.list_(pa.struct([("content", pa.string()), ("role", pa.string())]))),
+        ("target", pa.list_(pa.struct([("content", pa.string()), ("role", pa.string())]))),
+        ("ability", pa.string()),
+        ("reward_model", pa.struct([("ground_truth", pa.string()), ("style", pa.string())])),
+        ("extra_info", pa.struct([("index", pa.int64()), ("split", pa.string())])),
+    ]
+)
+
+
+@pytest.fixture
+def openr1_parquet(tmp_path):
+    rows = [json.loads(line) for line in open(OPENR1_JSONL)]
+    path = tmp_path / "openr1.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=OPENR1_SCHEMA), path)
+    return str(path)
+
+
+@pytest.fixture
+def offline_hub(monkeypatch):
+    """Make hub loads fail at once (this machine has no hub; without this datasets retries for ~20 s)."""
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture(scope="module")
+def tiny_tok_dir(tmp_path_factory):
+    from prefix_rft.testing.tiny import build_tiny_tokenizer
+
+    d = str(tmp_path_factory.mktemp("tok"))
+    build_tiny_tokenizer(d)
+    return d
+
+
+def test_with_instruction_added_once():
+    assert with_instruction("What is 1+1?") == "What is 1+1?\n" + INSTRUCTION
+    already = "What is 1+1? Please reason step by step, and put your final answer within \\boxed{}."
+    assert with_instruction(already) == already
+
+
+def test_openr1_conversion(openr1_parquet, tmp_path):
+    report = prepare_openr1(openr1_parquet, output_dir=str(tmp_path / "out"))
+    assert report.rows_in == 8 and report.rows_written == 5
+    assert report.dropped == {"missing_answer": 1, "bad_field": 2}
+    assert sorted(i for i, _ in report.bad_rows) == [3, 4, 5]
+    assert any("ground_truth" in reason for i, reason in report.bad_rows if i == 3)
+    rows = read_parquet_rows(str(tmp_path / "out" / "train.parquet"))
+    first = rows[0]
+    # LUFFY's system turn is dropped; the user turn = problem + instruction; the demo = target[0].content
+    assert first["prompt"] == [{"role": "user", "content": "What is $2+3$?\n" + INSTRUCTION}]
+    assert first["demonstrations"] == ["<think>\n2+3=5\n</think>\n\nThe sum is $\\boxed{5}$."]
+    assert first["reward_model"] == {"ground_truth": "5", "style": "rule"}
+    assert first["data_source"] == "openr1" and first["ability"] == "math"
+    assert [r["extra_info"]["index"] for r in rows] == list(range(5))
+    assert [r["extra_info"]["source_index"] for r in rows] == [0, 1, 2, 6, 7]
+    assert all(r["extra_info"]["split"] == "train" for r in rows)
+    # the row that already carried the instruction does not get it twice
+    assert rows[3]["prompt"][0]["content"].count("put your final answer within") == 1
+    # every demonstration scores 1 against its ground truth with our reward
+    for r in rows:
+        assert (
+            compute_score(r["data_source"], r["demonstrations"][0], r["reward_model"]["ground_truth"])[
+                "score"
+            ]
+            == 1.0
+        )
+    assert validate_parquet(str(tmp_path / "out" / "train.parquet"), require_demos=True) == 5
+    report_json = json.load(open(tmp_path / "out" / "prepare_report.json"))
+    assert report_json["rows_written"] == 5 and report_json["dropped"]["bad_field"] == 2
+
+
+def test_openr1_loads_in_verl_rlhf_dataset(openr1_parquet, tmp_path, tiny_tok_dir):
+    from omegaconf import OmegaConf
+    from transformers import AutoTokenizer
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    prepare_openr1(openr1_parquet, output_dir=str(tmp_path / "out"))
+    tok = AutoTokenizer.from_pretrained(tiny_tok_dir)
+    cfg = OmegaConf.create({"max_prompt_length": 4096, "cache_dir": str(tmp_path / "cache")})
+    ds = RLHFDataset(str(tmp_path / "out" / "train.parquet"), tok, cfg)
+    assert len(ds) == 5
+    item = ds[1]
+    assert item["raw_prompt"][0]["role"] == "user"
+    assert list(item["demonstrations"]) == [
+        "<think>\nCommon denominator 4: 2/4+1/4=3/4.\n</think>\n\n$\\boxed{\\frac{3}{4}}$"
+    ]
+    assert item["reward_model"]["ground_truth"] == "\\frac{3}{4}"
+
+
+def test_max_demo_tokens_val_split_and_report(openr1_parquet, tmp_path, tiny_tok_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_tok_dir)
+    rows = [json.loads(line) for line in open(OPENR1_JSONL)]
+    lengths = {
+        i: len(tok(r["target"][0]["content"], add_special_tokens=False)["input_ids"])
+        for i, r in enumerate(rows)
+        if i in (0, 1, 2, 6, 7)
+    }
+    limit = sorted(lengths.values())[-1] - 1  # only the longest demo (row 2) exceeds it
+    assert max(lengths, key=lengths.get) == 2
+    report = prepare_openr1(
+        openr1_parquet,
+        output_dir=str(tmp_path / "o"),
+        max_demo_tokens=limit,
+        tokenizer=tiny_tok_dir,
+        val_size=1,
+        seed=3,
+    )
+    assert report.dropped["demo_too_long"] == 1 and report.demos_dropped_too_long == 1
+    kept = sorted(v for k, v in lengths.items() if k != 2)
+    assert report.demo_token_percentiles["max"] == kept[-1]
+    assert report.demo_token_percentiles["min"] == kept[0]
+    assert report.rows_written == 3 and report.val_rows == 1
+    val = read_parquet_rows(str(tmp_path / "o" / "val.parquet"))
+    assert "demonstrations" not in val[0] and val[0]["extra_info"]["split"] == "val"
+    train = read_parquet_rows(str(tmp_path / "o" / "train.parquet"))
+    problems = {r["prompt"][0]["content"] for r in train}
+    assert val[0]["prompt"][0]["content"] not in problems
+    assert "demo length (tokens)" in report.render()
+
+
+def test_max_demo_tokens_needs_tokenizer(openr1_parquet, tmp_path):
+    with pytest.raises(ValueError, match="--tokenizer"):
+        prepare_openr1(openr1_parquet, output_dir=str(tmp_path / "o"), max_demo_tokens=10)
+
+
+def test_subsample_is_seeded(openr1_parquet, tmp_path):
+    def run(seed, name):
+        prepare_openr1(openr1_parquet, output_dir=str(tmp_path / name), subsample=0.4, seed=seed)
+        return [
+            r["extra_info"]["source_index"] for r in read_parquet_rows(str(tmp_path / name / "train.parquet"))
+        ]
+
+    a, b = run(0, "a"), run(0, "b")
+    assert a == b and len(a) == 2  # round(0.4 * 5)
+    assert a == sorted(a)  # source order kept
+    picks = {tuple(run(s, f"s{s}")) for s in range(6)}
+    assert len(picks) > 1  # the seed matters
+
+
+def test_generic_groups_rows_and_reports(tmp_path):
+    report = prepare_generic(GENERIC_JSONL, output_dir=str(tmp_path / "g"))
+    assert report.rows_in == 6 and report.rows_written == 3
+    assert report.dropped["missing_answer"] == 1 and report.dropped["answer_conflict"] == 1
+    assert {i for i, _ in report.bad_rows} == {3, 4}
+    rows = read_parquet_rows(str(tmp_path / "g" / "train.parquet"))
+    by_q = {r["prompt"][0]["content"].split("\n")[0]: r for r in rows}
+    assert by_q["What is 1+1?"]["demonstrations"] == ["1+1=2, so \\boxed{2}.", "Two ones make \\boxed{2}."]
+    assert by_q["What is 2*3?"]["demonstrations"] == ["2*3=6 \\boxed{6}", "Six: \\boxed{6}"]
+    assert by_q["What is 10/2?"]["reward_model"]["ground_truth"] == "5"  # int answer -> "5"
+    assert rows[0]["data_source"] == "generic_sample"
+
+
+def test_generic_answer_from_solution_and_keys(tmp_path):
+    src = tmp_path / "src.jsonl"
+    src.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"q": "What is 9-4?", "sol": "9-4 = \\boxed{5}"},
+                {"q": "What is 3+3?", "sol": "no box here"},
+            ]
+        )
+    )
+    report = prepare_generic(
+        str(src),
+        output_dir=str(tmp_path / "o"),
+        problem_key="q",
+        solution_key="sol",
+        answer_key="ans",
+        answer_from_solution=True,
+    )
+    assert report.rows_written == 1 and report.bad_rows[0][0] == 1
+    assert read_parquet_rows(str(tmp_path / "o" / "train.parquet"))[0]["reward_model"]["ground_truth"] == "5"
+    with pytest.raises(ValueError, match="not found"):
+        prepare_generic(str(src), output_dir=str(tmp_path / "x"), problem_key="problem")
+
+
+def test_generic_without_demos(tmp_path):
+    report = prepare_generic(GENERIC_JSONL, output_dir=str(tmp_path / "n"), solution_key=None)
+    rows = read_parquet_rows(str(tmp_path / "n" / "train.parquet"))
+    assert report.rows_written == 3 and all("demonstrations" not in r for r in rows)
+
+
+def test_hub_load_failure_names_the_fix(offline_hub):
+    with pytest.raises(SourceError, match="download it elsewhere"):
+        load_rows("no-such-org/no-such-dataset-xyz")
+
+
+def _good_row(**over):
+    row = {
+        "data_source": "x",
+        "prompt": [{"role": "user", "content": "q"}],
+        "ability": "math",
+        "reward_model": {"ground_truth": "1", "style": "rule"},
+        "extra_info": {"index": 0, "split": "train"},
+        "demonstrations": ["d"],
+    }
+    row.update(over)
+    return row
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"reward_model": {"ground_truth": "", "style": "rule"}}, "reward_model.ground_truth"),
+        ({"prompt": []}, "prompt: must be a non-empty list"),
+        ({"prompt": [{"role": "assistant", "content": "x"}]}, "last message must be the user turn"),
+        ({"demonstrations": [1, 2]}, "demonstrations: must be a string or a list of strings"),
+        ({"demonstrations": [""]}, "at least one non-empty"),
+        ({"extra_info": {"split": "train"}}, "extra_info.index"),
+        ({"data_source": ""}, "data_source"),
+    ],
+)
+def test_contract_errors_name_row_and_key(bad, message):
+    with pytest.raises(ContractError) as e:
+        validate_rows([_good_row(), _good_row(**bad)], require_demos=True, where="train")
+    assert "train row 1:" in str(e.value) and message in str(e.value)
+    assert "row 0" not in str(e.value)
+
+
+def test_contract_demo_requirements():
+    assert validate_rows([_good_row(demonstrations="a single string demo")], require_demos=True) == 1
+    no_demo = _good_row()
+    del no_demo["demonstrations"]
+    with pytest.raises(ContractError, match="demonstrations: missing"):
+        validate_rows([no_demo], require_demos=True)
+    assert validate_rows([no_demo], require_demos=False) == 1
+    with pytest.raises(ContractError, match="validation rows must carry no demonstrations"):
+        validate_rows([_good_row()], require_demos=False)
+
+
+def test_validate_parquet_on_tiny_rows(tmp_path):
+    from prefix_rft.testing.tiny import synthetic_math_rows, write_parquet
+
+    path = write_parquet(synthetic_math_rows(4), str(tmp_path / "t.parquet"))
+    assert validate_parquet(path, require_demos=True) == 4
+
+
+# ---------------------------------------------------------------------------- eval sets
+
+
+def test_eval_sets_from_public_schemas(tmp_path):
+    manifest = prepare_eval(str(tmp_path / "e"), local_dir=EVAL_DIR)
+    assert set(manifest) == set(BENCHMARKS)
+    assert {k: v["n_samples"] for k, v in manifest.items()} == {
+        "aime24": 32,
+        "aime25": 32,
+        "amc23": 32,
+        "math500": 1,
+        "minerva": 1,
+        "olympiadbench": 1,
+        "arc_c": 1,
+        "gpqa_diamond": 1,
+        "mmlu_pro": 1,
+    }
+    assert json.load(open(tmp_path / "e" / "manifest.json"))["amc23"]["metric"] == "avg@32"
+
+    def rows(name):
+        r = read_parquet_rows(str(tmp_path / "e" / f"{name}.parquet"))
+        validate_rows(r, require_demos=False)
+        assert all(x["data_source"] == name and "demonstrations" not in x for x in r)
+        return r
+
+    gts = {name: [r["reward_model"]["ground_truth"] for r in rows(name)] for name in BENCHMARKS}
+    assert gts["aime24"] == ["204", "25"]  # unboxed from the solution column
+    assert gts["aime25"] == ["70", "588"]
+    assert gts["amc23"] == ["27", "36"]  # 27.0 -> "27"
+    assert gts["math500"] == ["\\left( 3, \\frac{\\pi}{2} \\right)", "\\frac{5}{6}"]
+    assert gts["minerva"] == ["0.49", "100"]
+    assert gts["olympiadbench"] == ["\\frac{1}{2}", "3, 5"]
+    assert gts["arc_c"] == ["C", "B"]  # numeric labels -> letters by position
+    assert gts["mmlu_pro"] == ["D", "B"]
+    aime = rows("aime24")[0]
+    assert aime["prompt"][0]["content"].endswith(INSTRUCTION)
+    assert aime["extra_info"]["n_samples"] == 32
+    arc = rows("arc_c")[0]
+    assert "C. Planetary days will become shorter." in arc["prompt"][0]["content"]
+    assert arc["extra_info"]["answer_type"] == "multiple_choice"
+    # GPQA: the correct option is shuffled to a fixed letter, and the prompt shows it under that letter
+    gpqa = rows("gpqa_diamond")
+    for r, correct in zip(gpqa, ["10^-4 eV", "product 1"], strict=True):
+        letter = r["reward_model"]["ground_truth"]
+        assert f"{letter}. {correct}" in r["prompt"][0]["content"]
+    again = prepare_eval(str(tmp_path / "e2"), local_dir=EVAL_DIR, benchmarks=["gpqa_diamond"])
+    assert again["gpqa_diamond"]["rows"] == 2
+    assert [
+        r["reward_model"]["ground_truth"]
+        for r in read_parquet_rows(str(tmp_path / "e2" / "gpqa_diamond.parquet"))
+    ] == [r["reward_model"]["ground_truth"] for r in gpqa]
+    # the reward scores a boxed letter on these rows
+    assert (
+        compute_score(
+            "gpqa_diamond",
+            f"\\boxed{{{gpqa[0]['reward_model']['ground_truth']}}}",
+            gpqa[0]["reward_model"]["ground_truth"],
+            gpqa[0]["extra_info"],
+        )["score"]
+        == 1.0
+    )
+
+
+def test_eval_sets_skip_bad_rows_and_report_failures(tmp_path, offline_hub):
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "aime25.jsonl").write_text(
+        json.dumps({"problem": "p", "answer": "", "id": "0"})
+        + "\n"
+        + json.dumps({"problem": "q", "answer": "3", "id": "1"})
+        + "\n"
+    )
+    with pytest.raises(SourceError, match="math500"):  # not local, and the hub is unreachable
+        prepare_eval(str(tmp_path / "e"), local_dir=str(local), benchmarks=["aime25", "math500"])
+    # the benchmark that could be prepared was still written
+    r = read_parquet_rows(str(tmp_path / "e" / "aime25.parquet"))
+    assert [x["reward_model"]["ground_truth"] for x in r] == ["3"]
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        prepare_eval(str(tmp_path / "e"), benchmarks=["nope"])
+
+
+def test_cli_end_to_end(tmp_path, capsys, openr1_parquet):
+    assert (
+        data_main(
+            ["prepare", "openr1", openr1_parquet, "--output-dir", str(tmp_path / "o"), "--val-size", "1"]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "rows in: 8" in out and "rows written: 4 train + 1 val" in out and "skipped source row 3" in out
+    assert (
+        data_main(["prepare", "generic", "--local-path", GENERIC_JSONL, "--output-dir", str(tmp_path / "g")])
+        == 0
+    )
+    assert (
+        data_main(
+            ["prepare", "eval", "--output-dir", str(tmp_path / "e"), "--local-dir", EVAL_DIR, "--no-ood"]
+        )
+        == 0
+    )
+    assert sorted(os.listdir(tmp_path / "e")) == sorted(
+        [f"{n}.parquet" for n in ("aime24", "aime25", "amc23", "math500", "minerva", "olympiadbench")]
+        + ["manifest.json"]
+    )
+    assert (
+        data_main(["prepare", "openr1", str(tmp_path / "missing.jsonl"), "--output-dir", str(tmp_path / "x")])
+        == 1
+    )
+    assert "error:" in capsys.readouterr().err
+
+
+def test_percentiles():
+    assert percentiles([]) == {}
+    p = percentiles(list(range(1, 101)))
+    assert p == {"min": 1.0, "p50": 50.0, "p90": 90.0, "p99": 99.0, "max": 100.0}
+
+
+def test_all_eval_sets_load_together_in_verl(tmp_path, tiny_tok_dir, openr1_parquet):
+    """data.val_files can list every benchmark file (and a prepared val.parquet): their schemas concatenate
+    in verl's RLHFDataset."""
+    from omegaconf import OmegaConf
+    from transformers import AutoTokenizer
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    manifest = prepare_eval(str(tmp_path / "e"), local_dir=EVAL_DIR)
+    files = [str(tmp_path / "e" / m["file"]) for m in manifest.values()]
+    prepare_openr1(openr1_parquet, output_dir=str(tmp_path / "o"), val_size=2)
+    files.append(str(tmp_path / "o" / "val.parquet"))
+    cfg = OmegaConf.create({"max_prompt_length": 4096, "cache_dir": str(tmp_path / "cache")})
+    ds = RLHFDataset(files, AutoTokenizer.from_pretrained(tiny_tok_dir), cfg)
+    assert len(ds) == 2 * len(BENCHMARKS) + 2
+    assert {ds[i]["data_source"] for i in range(len(ds))} == set(BENCHMARKS) | {"openr1"}
