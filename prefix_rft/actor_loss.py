@@ -64,9 +64,6 @@ from prefix_rft.config import PrefixRFTConfig
 from prefix_rft.core.entropy import select_top_entropy
 from prefix_rft.core.loss import entropy_loss_mask, prefix_rft_token_loss
 
-SUPPORTS_MICRO_BATCH_SCOPE = True
-"""``prefix_rft.entropy_clip.scope=micro_batch`` is implemented here (checked by the config validation)."""
-
 
 def make_prefix_rft_loss_fn(actor_config: Any, prefix_config: PrefixRFTConfig) -> functools.partial:
     """The loss function to pass to ``actor_rollout_wg.set_loss_fn`` (same call shape as verl's)."""

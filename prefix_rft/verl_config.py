@@ -115,16 +115,6 @@ def validate_verl_config(cfg: Any) -> PrefixRFTConfig:
                 "actor_rollout_ref.actor.shuffle=false, or prefix_rft.entropy_clip.scope=batch",
             )
         if ec.scope == "micro_batch":
-            from prefix_rft import actor_loss
-
-            if not getattr(actor_loss, "SUPPORTS_MICRO_BATCH_SCOPE", False):
-                _fail(
-                    "prefix_rft.entropy_clip.scope",
-                    ec.scope,
-                    "the actor loss (prefix_rft/actor_loss.py) only applies the trainer's exact "
-                    "prefix_keep_mask; it does not rank demo tokens per micro-batch",
-                    "prefix_rft.entropy_clip.scope=mini_batch (the paper) or batch",
-                )
             calc = bool(_select(cfg, "actor_rollout_ref.actor.calculate_entropy", False))
             coeff = float(_select(cfg, "actor_rollout_ref.actor.entropy_coeff", 0.0))
             if not calc and coeff == 0.0:

@@ -9,8 +9,10 @@
 #
 # Knobs (environment variables, with defaults):
 #   MODEL_PATH     HF id or local dir of the policy (LUFFY's 16k-context Qwen2.5-Math-7B)
-#   DATA_DIR       folder with train.parquet / val.parquet (see the recipe README for preparing them)
-#   TRAIN_FILES, VAL_FILES   parquet paths (default: $DATA_DIR/train.parquet, $DATA_DIR/val.parquet)
+#   DATA_DIR       folder with train.parquet (python -m prefix_rft.data prepare openr1 --output-dir $DATA_DIR)
+#   EVAL_DIR       folder of the benchmark parquets (python -m prefix_rft.data prepare eval --output-dir $EVAL_DIR)
+#   TRAIN_FILES, VAL_FILES   parquet paths (default: $DATA_DIR/train.parquet; the six math benchmarks in
+#                  $EVAL_DIR, validated at val temperature 0.6 during training)
 #   NNODES, GPUS_PER_NODE    cluster shape (1 x 8 GPUs)
 #   ROLLOUT_NAME   vllm | sglang;  ROLLOUT_TP   rollout tensor parallel size;  GPU_MEM_UTIL   rollout memory
 #   MAX_TOKEN_LEN_PER_GPU    token budget of a dynamic micro-batch (actor and log-prob passes)
@@ -24,7 +26,8 @@ PREFIX_RFT_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MODEL_PATH=${MODEL_PATH:-Elliott/Qwen2.5-Math-7B-16k-think}
 DATA_DIR=${DATA_DIR:-$HOME/data/prefix_rft}
 TRAIN_FILES=${TRAIN_FILES:-$DATA_DIR/train.parquet}
-VAL_FILES=${VAL_FILES:-$DATA_DIR/val.parquet}
+EVAL_DIR=${EVAL_DIR:-$HOME/data/prefix_rft_eval}
+VAL_FILES=${VAL_FILES:-"[$EVAL_DIR/aime24.parquet,$EVAL_DIR/aime25.parquet,$EVAL_DIR/amc23.parquet,$EVAL_DIR/math500.parquet,$EVAL_DIR/minerva.parquet,$EVAL_DIR/olympiadbench.parquet]"}
 NNODES=${NNODES:-1}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 ROLLOUT_NAME=${ROLLOUT_NAME:-vllm}

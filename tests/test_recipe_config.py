@@ -125,7 +125,14 @@ def test_megatron_and_sglang_compose():
             ["actor_rollout_ref.actor.shuffle=true", "actor_rollout_ref.actor.ppo_epochs=2"],
             "actor_rollout_ref.actor.shuffle",
         ),
-        (["prefix_rft.entropy_clip.scope=micro_batch"], "prefix_rft.entropy_clip.scope"),
+        (
+            [
+                "prefix_rft.entropy_clip.scope=micro_batch",
+                "actor_rollout_ref.actor.calculate_entropy=false",
+                "actor_rollout_ref.actor.entropy_coeff=0",
+            ],
+            "actor_rollout_ref.actor.calculate_entropy",
+        ),
         (["trainer.v1.trainer_mode=colocate_async"], "trainer.v1.trainer_mode"),
     ],
 )
