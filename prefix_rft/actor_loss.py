@@ -191,11 +191,14 @@ def prefix_rft_ppo_loss(
         "actor/pg_clipfrac": clipfrac_all.item(),
         "actor/ppo_kl": core_metrics["ppo_kl"].item(),
         "actor/pg_clipfrac_lower": core_metrics["pg_clipfrac_lower"].item(),
-        "prefix_rft/pg_clipfrac_prefix": core_metrics["pg_clipfrac_prefix"].item(),
         "prefix_rft/pg_clipfrac_continuation": core_metrics["pg_clipfrac"].item(),
-        "prefix_rft/kept_frac": core_metrics["kept_frac"].item(),
         "prefix_rft/prefix_token_frac": prefix_frac.item(),
     }
+    if prefix_mask.any():
+        # Only micro-batches that hold demo tokens report these: a 0 from a demo-free micro-batch would
+        # drag the per-step mean down (verl averages metrics over micro-batches).
+        pg_metrics["prefix_rft/pg_clipfrac_prefix"] = core_metrics["pg_clipfrac_prefix"].item()
+        pg_metrics["prefix_rft/kept_frac"] = core_metrics["kept_frac"].item()
     metrics: dict[str, Any] = dict(Metric.from_dict(pg_metrics, aggregation=AggregationType.MEAN))
     metrics["actor/pg_loss"] = Metric(value=pg_loss, aggregation=metric_aggregation)
     policy_loss = pg_loss
