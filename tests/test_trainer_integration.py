@@ -260,10 +260,14 @@ def test_loss_fn_binds_actor_and_prefix_config():
     assert fn.keywords["config"].clip_ratio_c == 3.0 and fn.keywords["config"].entropy_coeff == 0.001
 
 
-def test_plugin_entry_point_registers_in_a_fresh_verl_process():
-    """`import verl` alone (the verl.plugins entry point) registers the estimator and the agent loop."""
+def test_external_lib_registers_and_plain_verl_import_stays_untouched():
+    """verl's external_lib import registers the estimator and the agent loop; `import verl` alone does not
+    import prefix_rft (no entry point taxes unrelated verl jobs)."""
     code = (
-        "import verl\nfrom verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY as R\n"
+        "import sys, verl\nassert not any(m.startswith('prefix_rft') for m in sys.modules), 'imported'\n"
+        "from verl.utils.import_utils import import_external_libs\n"
+        "import_external_libs(['prefix_rft.plugin'])\n"
+        "from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY as R\n"
         "from verl.experimental.agent_loop.agent_loop import _agent_loop_registry as A\n"
         "print('prefix_rft' in R, 'prefix_rft_agent' in A)"
     )
