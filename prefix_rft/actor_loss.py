@@ -68,8 +68,10 @@ from prefix_rft.core.loss import entropy_loss_mask, prefix_rft_token_loss
 def make_prefix_rft_loss_fn(actor_config: Any, prefix_config: PrefixRFTConfig) -> functools.partial:
     """The loss function to pass to ``actor_rollout_wg.set_loss_fn`` (same call shape as verl's)."""
     if not isinstance(prefix_config, PrefixRFTConfig):
-        raise TypeError("prefix_config must be a PrefixRFTConfig: build it with "
-                        "prefix_rft.config.from_dict(config.prefix_rft, rollout_n)")
+        raise TypeError(
+            "prefix_config must be a PrefixRFTConfig: build it with "
+            "prefix_rft.config.from_dict(config.prefix_rft, rollout_n)"
+        )
     return functools.partial(prefix_rft_ppo_loss, config=actor_config, prefix_config=prefix_config)
 
 
@@ -108,12 +110,16 @@ def prefix_rft_ppo_loss(
     if "prefix_mask" not in data.keys():
         return ppo_loss(config, model_output, data, dp_group)
     if prefix_config is None:
-        raise ValueError("the batch carries prefix_mask but the loss has no prefix_rft config: install it with "
-                         "actor_rollout_wg.set_loss_fn(make_prefix_rft_loss_fn(actor_config, prefix_cfg))")
+        raise ValueError(
+            "the batch carries prefix_mask but the loss has no prefix_rft config: install it with "
+            "actor_rollout_wg.set_loss_fn(make_prefix_rft_loss_fn(actor_config, prefix_cfg))"
+        )
     loss_mode = config.policy_loss.get("loss_mode", "vanilla")
     if loss_mode != "vanilla":
-        raise ValueError(f"actor_rollout_ref.actor.policy_loss.loss_mode={loss_mode!r} is not supported with "
-                         "Prefix-RFT batches: its policy term is dual-clip PPO (set loss_mode=vanilla)")
+        raise ValueError(
+            f"actor_rollout_ref.actor.policy_loss.loss_mode={loss_mode!r} is not supported with "
+            "Prefix-RFT batches: its policy term is dual-clip PPO (set loss_mode=vanilla)"
+        )
 
     log_prob = no_padding_2_padding(model_output["log_probs"], data)
     entropy = model_output.get("entropy", None)
@@ -152,16 +158,20 @@ def prefix_rft_ppo_loss(
     if keep_enabled:
         if "prefix_keep_mask" not in data.keys():
             if prefix_mask.any():
-                raise ValueError("prefix_rft.entropy_clip.enable=true but the batch has no prefix_keep_mask: the "
-                                 "trainer must write it to TransferQueue before update_actor (or set "
-                                 "prefix_rft.entropy_clip.enable=false to train on every demo token)")
+                raise ValueError(
+                    "prefix_rft.entropy_clip.enable=true but the batch has no prefix_keep_mask: the "
+                    "trainer must write it to TransferQueue before update_actor (or set "
+                    "prefix_rft.entropy_clip.enable=false to train on every demo token)"
+                )
         else:
             keep_mask = data["prefix_keep_mask"].to(bool)
     elif eclip.enable:
         # The authors' variant: rank this micro-batch's demo tokens by the current policy's entropy.
         if entropy is None:
-            raise ValueError("prefix_rft.entropy_clip.scope=micro_batch ranks demo tokens by the current policy's "
-                             "entropy: set actor_rollout_ref.actor.calculate_entropy=true")
+            raise ValueError(
+                "prefix_rft.entropy_clip.scope=micro_batch ranks demo tokens by the current policy's "
+                "entropy: set actor_rollout_ref.actor.calculate_entropy=true"
+            )
         keep_mask = select_top_entropy(entropy.detach(), prefix_mask, eclip.top_ratio)
 
     loss_agg_mode = config.loss_agg_mode
@@ -182,11 +192,14 @@ def prefix_rft_ppo_loss(
         sft_coef=lcfg.sft_coef,
         rollout_is_weights=data.get("rollout_is_weights", None),
     )
-    pg_loss = agg_loss(loss_mat=loss_mat, loss_mask=response_mask, loss_agg_mode=loss_agg_mode,
-                       **config.global_batch_info)
+    pg_loss = agg_loss(
+        loss_mat=loss_mat, loss_mask=response_mask, loss_agg_mode=loss_agg_mode, **config.global_batch_info
+    )
 
     prefix_frac = core_metrics["prefix_token_frac"]
-    clipfrac_all = core_metrics["pg_clipfrac"] * (1 - prefix_frac) + core_metrics["pg_clipfrac_prefix"] * prefix_frac
+    clipfrac_all = (
+        core_metrics["pg_clipfrac"] * (1 - prefix_frac) + core_metrics["pg_clipfrac_prefix"] * prefix_frac
+    )
     pg_metrics = {
         "actor/pg_clipfrac": clipfrac_all.item(),
         "actor/ppo_kl": core_metrics["ppo_kl"].item(),
@@ -204,9 +217,12 @@ def prefix_rft_ppo_loss(
     policy_loss = pg_loss
 
     if entropy is not None:
-        entropy_mask = entropy_loss_mask(response_mask.long(), prefix_mask.long(), lcfg.entropy_bonus_on_prefix).bool()
-        entropy_loss = agg_loss(loss_mat=entropy, loss_mask=entropy_mask, loss_agg_mode=loss_agg_mode,
-                                **config.global_batch_info)
+        entropy_mask = entropy_loss_mask(
+            response_mask.long(), prefix_mask.long(), lcfg.entropy_bonus_on_prefix
+        ).bool()
+        entropy_loss = agg_loss(
+            loss_mat=entropy, loss_mask=entropy_mask, loss_agg_mode=loss_agg_mode, **config.global_batch_info
+        )
         policy_loss = policy_loss - config.entropy_coeff * entropy_loss
         metrics["actor/entropy_loss"] = Metric(value=entropy_loss, aggregation=metric_aggregation)
 
@@ -214,8 +230,9 @@ def prefix_rft_ppo_loss(
         if "ref_log_prob" not in data.keys():
             raise ValueError("actor_rollout_ref.actor.use_kl_loss=true but the batch has no ref_log_prob")
         kld = kl_penalty(logprob=log_prob, ref_logprob=data["ref_log_prob"], kl_penalty=config.kl_loss_type)
-        kl_loss = agg_loss(loss_mat=kld, loss_mask=response_mask, loss_agg_mode=loss_agg_mode,
-                           **config.global_batch_info)
+        kl_loss = agg_loss(
+            loss_mat=kld, loss_mask=response_mask, loss_agg_mode=loss_agg_mode, **config.global_batch_info
+        )
         policy_loss = policy_loss + kl_loss * config.kl_loss_coef
         metrics["kl_loss"] = Metric(value=kl_loss, aggregation=metric_aggregation)
         metrics["kl_coef"] = config.kl_loss_coef

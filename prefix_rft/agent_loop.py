@@ -89,8 +89,10 @@ class PrefixRFTAgentLoopOutput(AgentLoopOutput):
     @model_validator(mode="after")
     def _check_alignment(self) -> PrefixRFTAgentLoopOutput:
         if len(self.prefix_mask) != len(self.response_mask):
-            raise ValueError(f"prefix_mask has {len(self.prefix_mask)} entries but response_mask has "
-                             f"{len(self.response_mask)}; they must be aligned token by token")
+            raise ValueError(
+                f"prefix_mask has {len(self.prefix_mask)} entries but response_mask has "
+                f"{len(self.response_mask)}; they must be aligned token by token"
+            )
         if sum(self.prefix_mask) != self.prefix_len:
             raise ValueError(f"prefix_mask sums to {sum(self.prefix_mask)} but prefix_len={self.prefix_len}")
         return self
@@ -155,9 +157,11 @@ def load_prefix_rft_config(trainer_config: Any) -> PrefixRFTConfig:
         return hit[1]
     block = trainer_config.get("prefix_rft", None)
     if block is None:
-        raise ValueError("prefix_rft_agent needs a top-level `prefix_rft:` block in the trainer config; "
-                         "use recipe/prefix_rft/config/prefix_rft_trainer.yaml (or add the block) and keep "
-                         "actor_rollout_ref.rollout.agent.default_agent_loop=prefix_rft_agent")
+        raise ValueError(
+            "prefix_rft_agent needs a top-level `prefix_rft:` block in the trainer config; "
+            "use recipe/prefix_rft/config/prefix_rft_trainer.yaml (or add the block) and keep "
+            "actor_rollout_ref.rollout.agent.default_agent_loop=prefix_rft_agent"
+        )
     cfg = from_dict(block, rollout_n=int(trainer_config.actor_rollout_ref.rollout.n))
     _CONFIG_CACHE[id(trainer_config)] = (trainer_config, cfg)
     return cfg
@@ -226,7 +230,7 @@ def strip_reasoning_open_tag(prompt_tail: str, demo: str) -> str:
     tail = prompt_tail.rstrip()
     for tag in REASONING_OPEN_TAGS:
         if tail.endswith(tag) and demo.lstrip().startswith(tag):
-            rest = demo.lstrip()[len(tag):]
+            rest = demo.lstrip()[len(tag) :]
             return rest[1:] if rest.startswith("\n") else rest
     return demo
 
@@ -257,11 +261,14 @@ class _SplicingClient:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any],
-                       **kwargs: Any) -> TokenOutput:
+    async def generate(
+        self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any], **kwargs: Any
+    ) -> TokenOutput:
         plan, agent = self.plan, self.agent
         demo_ids = await agent.demo_ids(plan, prompt_ids)
-        splice = splice_prefix(demo_ids, plan.ratio, agent.response_length, agent.prefix_cfg.ratio.min_prefix_tokens)
+        splice = splice_prefix(
+            demo_ids, plan.ratio, agent.response_length, agent.prefix_cfg.ratio.min_prefix_tokens
+        )
         plan.prefix_ids, plan.truncated = splice.prefix_ids, splice.truncated
         prefix = splice.prefix_ids
         want_logprobs = bool(sampling_params.get("logprobs"))
@@ -269,17 +276,24 @@ class _SplicingClient:
         if splice.continuation_budget == 0 or ends_turn:
             # Whole demo (its end token included) or a demo that fills the budget: nothing left to write.
             version = self.global_steps - 1  # weights version a sync rollout at this step uses
-            return TokenOutput(token_ids=list(prefix), log_probs=[0.0] * len(prefix) if want_logprobs else None,
-                               extra_fields={"min_global_steps": version, "max_global_steps": version})
+            return TokenOutput(
+                token_ids=list(prefix),
+                log_probs=[0.0] * len(prefix) if want_logprobs else None,
+                extra_fields={"min_global_steps": version, "max_global_steps": version},
+            )
         params = dict(sampling_params)
         limit = params.get("max_tokens", params.get("max_new_tokens"))
         params.pop("max_new_tokens", None)
-        params["max_tokens"] = splice.continuation_budget if limit is None else min(limit, splice.continuation_budget)
+        params["max_tokens"] = (
+            splice.continuation_budget if limit is None else min(limit, splice.continuation_budget)
+        )
         output: TokenOutput = await self.inner.generate(
             request_id, prompt_ids=list(prompt_ids) + list(prefix), sampling_params=params, **kwargs
         )
         log_probs = [0.0] * len(prefix) + list(output.log_probs) if output.log_probs else None
-        return output.model_copy(update={"token_ids": list(prefix) + list(output.token_ids), "log_probs": log_probs})
+        return output.model_copy(
+            update={"token_ids": list(prefix) + list(output.token_ids), "log_probs": log_probs}
+        )
 
 
 @register("prefix_rft_agent")
@@ -291,8 +305,10 @@ class PrefixRFTAgentLoop(SingleTurnAgentLoop):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if not bool(self.config.get("trainer", {}).get("use_v1", True)):
-            raise ValueError("prefix_rft_agent needs verl's v1 trainer (trainer.use_v1=True): the legacy "
-                             "trainer drops prefix_mask and session_id. Set trainer.use_v1=True.")
+            raise ValueError(
+                "prefix_rft_agent needs verl's v1 trainer (trainer.use_v1=True): the legacy "
+                "trainer drops prefix_mask and session_id. Set trainer.use_v1=True."
+            )
         self.prefix_cfg = load_prefix_rft_config(self.config)
 
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> PrefixRFTAgentLoopOutput:
@@ -310,18 +326,27 @@ class PrefixRFTAgentLoop(SingleTurnAgentLoop):
             return self._wrap(output, prefix_len=0, ratio=-1.0, demo_missing=int(wants_prefix), truncated=0)
 
         real_server = self.server_manager
-        self.server_manager = _SplicingClient(real_server, self, plan, int(_plain(kwargs.get("global_steps", 0))))
+        self.server_manager = _SplicingClient(
+            real_server, self, plan, int(_plain(kwargs.get("global_steps", 0)))
+        )
         try:
             output = await super().run(sampling_params, **kwargs)
         finally:
             self.server_manager = real_server
         prefix = plan.prefix_ids or []
         if list(output.response_ids[: len(prefix)]) != list(prefix):
-            raise RuntimeError(f"row {row_uid(kwargs)}: the response does not start with the spliced demo prefix; "
-                               "a Continuous Token builder edited the assistant tokens (unsupported model family)")
+            raise RuntimeError(
+                f"row {row_uid(kwargs)}: the response does not start with the spliced demo prefix; "
+                "a Continuous Token builder edited the assistant tokens (unsupported model family)"
+            )
         # A usable demo can still give L = 0 (min_prefix_tokens=0 and a tiny ratio): no prefix, not missing.
-        return self._wrap(output, prefix_len=len(prefix), ratio=plan.ratio if prefix else -1.0,
-                          demo_missing=0, truncated=int(plan.truncated))
+        return self._wrap(
+            output,
+            prefix_len=len(prefix),
+            ratio=plan.ratio if prefix else -1.0,
+            demo_missing=0,
+            truncated=int(plan.truncated),
+        )
 
     def _plan(self, kwargs: Mapping[str, Any]) -> PrefixPlan:
         """Pick the demo and draw the prefix ratio of one hybrid session (deterministic)."""
@@ -351,8 +376,9 @@ class PrefixRFTAgentLoop(SingleTurnAgentLoop):
         return await self.demo_cache.get((*plan.cache_key, text != plan.demo_text), encode)
 
     @staticmethod
-    def _wrap(output: AgentLoopOutput, *, prefix_len: int, ratio: float, demo_missing: int,
-              truncated: int) -> PrefixRFTAgentLoopOutput:
+    def _wrap(
+        output: AgentLoopOutput, *, prefix_len: int, ratio: float, demo_missing: int, truncated: int
+    ) -> PrefixRFTAgentLoopOutput:
         fields = {name: getattr(output, name) for name in output.model_fields_set}
         return PrefixRFTAgentLoopOutput(
             **fields,

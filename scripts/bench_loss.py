@@ -25,7 +25,9 @@ from prefix_rft.actor_loss import make_prefix_rft_loss_fn
 from prefix_rft.config import from_dict
 
 
-def make_inputs(batch: int, prompt_len: int, response_len: int, device: str, with_prefix: bool, seed: int = 0):
+def make_inputs(
+    batch: int, prompt_len: int, response_len: int, device: str, with_prefix: bool, seed: int = 0
+):
     """(model_output, data) of one micro-batch, as verl's engine hands them to the loss function."""
     g = torch.Generator().manual_seed(seed)
     lens = [response_len - int(torch.randint(0, response_len // 4, (1,), generator=g)) for _ in range(batch)]
@@ -47,22 +49,28 @@ def make_inputs(batch: int, prompt_len: int, response_len: int, device: str, wit
         "responses": jag([torch.ones(n) for n in lens], torch.int64),
         "response_mask": jag([torch.ones(n) for n in lens], torch.int64),
         "old_log_probs": jag(old, torch.float32),
-        "advantages": jag([torch.full((n,), float(torch.randn(1, generator=g))) for n in lens], torch.float32),
-        "ref_log_prob": jag([o + 0.1 * torch.randn(n, generator=g) for o, n in zip(old, lens, strict=True)],
-                            torch.float32),
+        "advantages": jag(
+            [torch.full((n,), float(torch.randn(1, generator=g))) for n in lens], torch.float32
+        ),
+        "ref_log_prob": jag(
+            [o + 0.1 * torch.randn(n, generator=g) for o, n in zip(old, lens, strict=True)], torch.float32
+        ),
     }
     if with_prefix:  # every other sample is a hybrid rollout with a ~half-length demo prefix, top-20% kept
         prefix = [torch.arange(n) < (n // 2 if i % 2 == 0 else 0) for i, n in enumerate(lens)]
         tensors["prefix_mask"] = jag(prefix, torch.int64)
-        tensors["prefix_keep_mask"] = jag([p & (torch.rand(len(p), generator=g) < 0.2) for p in prefix],
-                                          torch.int64)
+        tensors["prefix_keep_mask"] = jag(
+            [p & (torch.rand(len(p), generator=g) < 0.2) for p in prefix], torch.int64
+        )
     info = dict(dp_size=1, batch_num_tokens=sum(lens), global_batch_size=batch)
     return model_output, tu.get_tensordict(tensors, non_tensor_dict=info), (lp, ent)
 
 
 def cpu_peak_bytes(fn) -> int:
     """Peak of live CPU tensor bytes allocated while ``fn`` runs (profiler alloc/free events, in order)."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    ) as prof:
         fn()
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
     live = peak = 0
@@ -74,7 +82,9 @@ def cpu_peak_bytes(fn) -> int:
 
 def bench(name, loss_fn, args, with_prefix, device):
     def step():
-        model_output, data, leaves = make_inputs(args.batch, args.prompt_len, args.response_len, device, with_prefix)
+        model_output, data, leaves = make_inputs(
+            args.batch, args.prompt_len, args.response_len, device, with_prefix
+        )
         if device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -107,7 +117,9 @@ def bench(name, loss_fn, args, with_prefix, device):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--batch", type=int, default=8, help="sequences in the micro-batch")
     parser.add_argument("--response-len", type=int, default=4096, help="max response tokens per sequence")
     parser.add_argument("--prompt-len", type=int, default=512)
@@ -116,8 +128,14 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
 
-    actor = dict(strategy="fsdp", rollout_n=8, ppo_micro_batch_size_per_gpu=1, entropy_coeff=0.001,
-                 use_kl_loss=True, kl_loss_coef=0.001)
+    actor = dict(
+        strategy="fsdp",
+        rollout_n=8,
+        ppo_micro_batch_size_per_gpu=1,
+        entropy_coeff=0.001,
+        use_kl_loss=True,
+        kl_loss_coef=0.001,
+    )
     prefix_cfg = from_dict({"num_prefixed": 1}, rollout_n=8)
     verl_fn = lambda **kw: ppo_loss(FSDPActorConfig(**actor), **kw)  # noqa: E731
     ours_fn = make_prefix_rft_loss_fn(FSDPActorConfig(**actor), prefix_cfg)
@@ -127,8 +145,10 @@ def main() -> None:
         ("prefix_rft loss (plain batch)", ours_fn, False),
         ("prefix_rft loss (hybrid batch)", ours_fn, True),
     ]
-    print(f"micro-batch {args.batch} x {args.response_len} response tokens (+{args.prompt_len} prompt), "
-          f"device={args.device}, median of {args.repeats}")
+    print(
+        f"micro-batch {args.batch} x {args.response_len} response tokens (+{args.prompt_len} prompt), "
+        f"device={args.device}, median of {args.repeats}"
+    )
     results = {}
     for name, fn, with_prefix in rows:
         results[name] = bench(name, fn, args, with_prefix, args.device)

@@ -20,7 +20,13 @@ from verl.workers.utils.losses import ppo_loss
 from prefix_rft.actor_loss import make_prefix_rft_loss_fn, prefix_rft_ppo_loss
 from prefix_rft.config import from_dict
 
-AGG_MODES = ["token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+AGG_MODES = [
+    "token-mean",
+    "token-sum",
+    "seq-mean-token-sum",
+    "seq-mean-token-mean",
+    "seq-mean-token-sum-norm",
+]
 
 
 def actor_config(**overrides):
@@ -82,8 +88,11 @@ def build_batch(samples, *, resp_lp=None, entropy=None, global_info=True, extra=
     for key in extra or ():
         tensors.pop(key)
     n_tokens = sum(sum(s["mask"]) for s in samples)
-    info = dict(dp_size=1, batch_num_tokens=n_tokens if global_info else None,
-                global_batch_size=bsz if global_info else None)
+    info = dict(
+        dp_size=1,
+        batch_num_tokens=n_tokens if global_info else None,
+        global_batch_size=bsz if global_info else None,
+    )
     data = tu.get_tensordict(tensors, non_tensor_dict=info)
     return model_output, data, resp_lp, entropy
 
@@ -102,13 +111,20 @@ def random_samples(n, seed, *, with_prefix=True):
         keep = [int(p and torch.rand(1, generator=g) < 0.5) for p in prefix]
         old = (-torch.rand(rlen, generator=g) * 2).tolist()
         lp = [o + float(d) for o, d in zip(old, torch.randn(rlen, generator=g) * 0.4, strict=True)]
-        out.append(dict(
-            plen=plen, mask=mask, old=old, lp=lp,
-            ent=(torch.rand(rlen, generator=g) * 3).tolist(),
-            ref=(-torch.rand(rlen, generator=g) * 2).tolist(),
-            isw=(0.5 + torch.rand(rlen, generator=g)).tolist(),
-            prefix=prefix, keep=keep, adv=float(torch.randn(1, generator=g)),
-        ))
+        out.append(
+            dict(
+                plen=plen,
+                mask=mask,
+                old=old,
+                lp=lp,
+                ent=(torch.rand(rlen, generator=g) * 3).tolist(),
+                ref=(-torch.rand(rlen, generator=g) * 2).tolist(),
+                isw=(0.5 + torch.rand(rlen, generator=g)).tolist(),
+                prefix=prefix,
+                keep=keep,
+                adv=float(torch.randn(1, generator=g)),
+            )
+        )
     return out
 
 
@@ -116,13 +132,31 @@ def test_hand_computed_small_case():
     """Two sequences, token-mean, entropy bonus off the prefix, k1 KL: every term by hand."""
     samples = [
         # hybrid rollout: 3 prefix tokens (only the 2nd kept), 2 generated tokens, A = +1
-        dict(plen=2, mask=[1, 1, 1, 1, 1], old=[-1.0, -1.0, -1.0, -1.0, -1.0], lp=[-0.5, -1.1, -0.9, -0.5, -1.0],
-             ent=[1.0, 2.0, 3.0, 0.5, 0.25], ref=[-1.0] * 5, isw=[1.0, 1.0, 1.0, 2.0, 0.5],
-             prefix=[1, 1, 1, 0, 0], keep=[0, 1, 0, 0, 0], adv=1.0),
+        dict(
+            plen=2,
+            mask=[1, 1, 1, 1, 1],
+            old=[-1.0, -1.0, -1.0, -1.0, -1.0],
+            lp=[-0.5, -1.1, -0.9, -0.5, -1.0],
+            ent=[1.0, 2.0, 3.0, 0.5, 0.25],
+            ref=[-1.0] * 5,
+            isw=[1.0, 1.0, 1.0, 2.0, 0.5],
+            prefix=[1, 1, 1, 0, 0],
+            keep=[0, 1, 0, 0, 0],
+            adv=1.0,
+        ),
         # on-policy rollout, A = -2: dual clip on the last token (ratio e^2 > 3)
-        dict(plen=3, mask=[1, 1, 1], old=[-2.0, -2.0, -2.0], lp=[-2.0, -2.5, 0.0],
-             ent=[0.1, 0.2, 0.3], ref=[-2.0] * 3, isw=[1.0, 1.0, 1.0],
-             prefix=[0, 0, 0], keep=[0, 0, 0], adv=-2.0),
+        dict(
+            plen=3,
+            mask=[1, 1, 1],
+            old=[-2.0, -2.0, -2.0],
+            lp=[-2.0, -2.5, 0.0],
+            ent=[0.1, 0.2, 0.3],
+            ref=[-2.0] * 3,
+            isw=[1.0, 1.0, 1.0],
+            prefix=[0, 0, 0],
+            keep=[0, 0, 0],
+            adv=-2.0,
+        ),
     ]
     cfg = actor_config(entropy_coeff=0.1, use_kl_loss=True, kl_loss_type="kl", kl_loss_coef=0.5)
     model_output, data, _, _ = build_batch(samples)
@@ -139,7 +173,9 @@ def test_hand_computed_small_case():
         + 0.0  # unkept
         + 2.0 * ppo_term(e(0.5), 1.0)  # continuation, IS weight 2 (ratio 1.65 clipped to 1.2)
         + 0.5 * ppo_term(e(0.0), 1.0)  # continuation, IS weight 0.5
-        + ppo_term(1.0, -2.0) + ppo_term(e(-0.5), -2.0) + ppo_term(e(2.0), -2.0)
+        + ppo_term(1.0, -2.0)
+        + ppo_term(e(-0.5), -2.0)
+        + ppo_term(e(2.0), -2.0)
     ) / 8
     ent = (0.5 + 0.25 + 0.1 + 0.2 + 0.3) / 8  # prefix tokens excluded, denominator = all 8 tokens
     kl = sum(a - b for s in samples for a, b in zip(s["lp"], s["ref"], strict=True)) / 8
@@ -162,7 +198,9 @@ def test_sft_coef_reaches_the_loss():
     base, _ = prefix_rft_ppo_loss(cfg, mo, data, prefix_config=prefix_config())
     mo, data, lp, _ = build_batch(samples)
     with_sft, _ = prefix_rft_ppo_loss(cfg, mo, data, prefix_config=prefix_config(sft_coef=0.3))
-    kept_lp = sum(v for s in samples for v, k, m in zip(s["lp"], s["keep"], s["mask"], strict=True) if k and m)
+    kept_lp = sum(
+        v for s in samples for v, k, m in zip(s["lp"], s["keep"], s["mask"], strict=True) if k and m
+    )
     n_tokens = sum(sum(s["mask"]) for s in samples)
     assert kept_lp != 0
     assert (with_sft - base).item() == pytest.approx(-0.3 * kept_lp / n_tokens, abs=1e-9)
@@ -184,8 +222,10 @@ def test_micro_batches_sum_to_the_whole_batch(mode):
     assert len(micro_batches) == 3
     total = 0.0
     for k, mb in enumerate(micro_batches):
-        part = samples[2 * k: 2 * k + 2]
-        mo_k, _, _, _ = build_batch(part, resp_lp=resp_lp[2 * k: 2 * k + 2], entropy=entropy[2 * k: 2 * k + 2])
+        part = samples[2 * k : 2 * k + 2]
+        mo_k, _, _, _ = build_batch(
+            part, resp_lp=resp_lp[2 * k : 2 * k + 2], entropy=entropy[2 * k : 2 * k + 2]
+        )
         loss_k, _ = prefix_rft_ppo_loss(cfg, mo_k, mb, prefix_config=pcfg)
         total = total + loss_k
     assert total.item() == pytest.approx(whole.item(), rel=1e-9, abs=1e-12)
@@ -224,8 +264,9 @@ def test_all_on_policy_batch_equals_verl_ppo_loss(mode, global_info):
     kwargs = dict(loss_agg_mode=mode, use_kl_loss=True, kl_loss_coef=0.2, entropy_coeff=0.01, **extra)
     mo, data, lp_ours, ent_ours = build_batch(samples, global_info=global_info)
     ours, our_metrics = prefix_rft_ppo_loss(actor_config(**kwargs), mo, data, prefix_config=prefix_config())
-    mo, data, lp_verl, ent_verl = build_batch(samples, global_info=global_info,
-                                              extra=("prefix_mask", "prefix_keep_mask"))
+    mo, data, lp_verl, ent_verl = build_batch(
+        samples, global_info=global_info, extra=("prefix_mask", "prefix_keep_mask")
+    )
     ref, ref_metrics = ppo_loss(actor_config(**kwargs), mo, data)
     assert ours.item() == pytest.approx(ref.item(), abs=1e-6)
     ours.backward()
@@ -277,20 +318,31 @@ def test_bad_setups_are_refused():
     with pytest.raises(ValueError, match="set_loss_fn"):
         prefix_rft_ppo_loss(actor_config(), mo, data)
     with pytest.raises(ValueError, match="loss_mode='gspo'"):
-        prefix_rft_ppo_loss(actor_config(policy_loss={"loss_mode": "gspo"}), mo, data, prefix_config=prefix_config())
+        prefix_rft_ppo_loss(
+            actor_config(policy_loss={"loss_mode": "gspo"}), mo, data, prefix_config=prefix_config()
+        )
     with pytest.raises(TypeError, match="from_dict"):
         make_prefix_rft_loss_fn(actor_config(), {"num_prefixed": 1})
 
 
 def test_micro_batch_scope_ranks_by_current_entropy():
     """scope=micro_batch (authors' code): top ceil(k*N) demo tokens of the micro-batch by current entropy."""
-    base = dict(plen=2, mask=[1] * 6, old=[-1.0] * 6, lp=[-0.9, -1.2, -0.8, -1.1, -1.0, -0.7],
-                ref=[-1.0] * 6, isw=[1.0] * 6, adv=1.5)
+    base = dict(
+        plen=2,
+        mask=[1] * 6,
+        old=[-1.0] * 6,
+        lp=[-0.9, -1.2, -0.8, -1.1, -1.0, -0.7],
+        ref=[-1.0] * 6,
+        isw=[1.0] * 6,
+        adv=1.5,
+    )
     # 4 prefix tokens with entropies 3, 1, 2, 0.5 -> top_ratio 0.5 keeps ceil(0.5 * 4) = 2: the 1st and 3rd
     sample = dict(base, ent=[3.0, 1.0, 2.0, 0.5, 9.0, 9.0], prefix=[1, 1, 1, 1, 0, 0], keep=[0] * 6)
     other = dict(base, ent=[0.1] * 6, prefix=[0] * 6, keep=[0] * 6, adv=-0.5)
     cfg = actor_config(entropy_coeff=0.0)
-    micro = from_dict({"entropy_clip": {"enable": True, "scope": "micro_batch", "top_ratio": 0.5}}, rollout_n=8)
+    micro = from_dict(
+        {"entropy_clip": {"enable": True, "scope": "micro_batch", "top_ratio": 0.5}}, rollout_n=8
+    )
     mo, data, _, _ = build_batch([sample, other])  # its prefix_keep_mask (all 0) must be ignored
     loss, metrics = prefix_rft_ppo_loss(cfg, mo, data, prefix_config=micro)
     expected_keep = dict(sample, keep=[1, 0, 1, 0, 0, 0])

@@ -34,14 +34,20 @@ class RecordingServer:
     """Stand-in for verl's LLMServerClient: continues any prompt with a canned answer, within max_tokens."""
 
     def __init__(self, tokenizer):
-        self.answer = tokenizer.encode(" So the answer is 12.", add_special_tokens=False) + [tokenizer.eos_token_id]
+        self.answer = tokenizer.encode(" So the answer is 12.", add_special_tokens=False) + [
+            tokenizer.eos_token_id
+        ]
         self.calls: list[dict] = []
 
     async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs) -> TokenOutput:
         self.calls.append(dict(prompt_ids=list(prompt_ids), sampling_params=dict(sampling_params), **kwargs))
         ids = self.answer[: sampling_params.get("max_tokens", RESPONSE_LENGTH)]
-        return TokenOutput(token_ids=ids, log_probs=[-0.25 - 0.01 * i for i in range(len(ids))],
-                           num_preempted=0, extra_fields={"min_global_steps": 6, "max_global_steps": 6})
+        return TokenOutput(
+            token_ids=ids,
+            log_probs=[-0.25 - 0.01 * i for i in range(len(ids))],
+            num_preempted=0,
+            extra_fields={"min_global_steps": 6, "max_global_steps": 6},
+        )
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +65,14 @@ def fresh_cache():
 def trainer_config(prefix_rft=None, n=4, use_v1=True):
     block = {"num_prefixed": 1, "seed": 7} if prefix_rft is None else prefix_rft
     cfg = {
-        "actor_rollout_ref": {"rollout": {"n": n, "prompt_length": 128, "response_length": RESPONSE_LENGTH,
-                                          "calculate_log_probs": True}},
+        "actor_rollout_ref": {
+            "rollout": {
+                "n": n,
+                "prompt_length": 128,
+                "response_length": RESPONSE_LENGTH,
+                "calculate_log_probs": True,
+            }
+        },
         "trainer": {"use_v1": use_v1},
         "data": {"apply_chat_template_kwargs": {}},
     }
@@ -70,16 +82,28 @@ def trainer_config(prefix_rft=None, n=4, use_v1=True):
 
 
 def make_loop(cls, config, tokenizer, server):
-    return cls(trainer_config=DictConfigWrap(config), server_manager=server, tokenizer=tokenizer, processor=None,
-               dataset_cls=RLHFDataset, data_config=DictConfigWrap(config.data))
+    return cls(
+        trainer_config=DictConfigWrap(config),
+        server_manager=server,
+        tokenizer=tokenizer,
+        processor=None,
+        dataset_cls=RLHFDataset,
+        data_config=DictConfigWrap(config.data),
+    )
 
 
 def request(row, *, session_id, step=10, uid="uuid-from-verl"):
     """The kwargs verl's v1 AgentLoopWorkerTQ passes to ``run`` for one session of a dataset row."""
     kwargs = dict(row)
     kwargs["raw_prompt"] = kwargs.pop("prompt")
-    kwargs.update(index=torch.tensor(row["extra_info"]["index"]), uid=uid, session_id=session_id,
-                  global_steps=step, tools_kwargs={}, interaction_kwargs={})
+    kwargs.update(
+        index=torch.tensor(row["extra_info"]["index"]),
+        uid=uid,
+        session_id=session_id,
+        global_steps=step,
+        tools_kwargs={},
+        interaction_kwargs={},
+    )
     return kwargs
 
 
@@ -91,20 +115,28 @@ def rows():
 def expected_prefix(tokenizer, row, step, session_id, config):
     cfg = from_dict(config.prefix_rft, rollout_n=config.actor_rollout_ref.rollout.n)
     demo_ids = tokenizer.encode(row["demonstrations"][0], add_special_tokens=False) + [tokenizer.eos_token_id]
-    ratio = sample_prefix_ratio(step, cfg.ratio, seed=cfg.seed, uid=row_uid(request(row, session_id=session_id)),
-                                sample_index=session_id)
+    ratio = sample_prefix_ratio(
+        step,
+        cfg.ratio,
+        seed=cfg.seed,
+        uid=row_uid(request(row, session_id=session_id)),
+        sample_index=session_id,
+    )
     return demo_ids, ratio, splice_prefix(demo_ids, ratio, RESPONSE_LENGTH, cfg.ratio.min_prefix_tokens)
 
 
 def test_registered_under_its_name():
-    assert _agent_loop_registry["prefix_rft_agent"] == {"_target_": "prefix_rft.agent_loop.PrefixRFTAgentLoop"}
+    assert _agent_loop_registry["prefix_rft_agent"] == {
+        "_target_": "prefix_rft.agent_loop.PrefixRFTAgentLoop"
+    }
 
 
 async def test_hybrid_session_starts_with_the_demo_prefix(tokenizer, rows):
     config = trainer_config()
     server = RecordingServer(tokenizer)
     out = await make_loop(PrefixRFTAgentLoop, config, tokenizer, server).run(
-        dict(SAMPLING), **request(rows[0], session_id=0))
+        dict(SAMPLING), **request(rows[0], session_id=0)
+    )
 
     demo_ids, ratio, splice = expected_prefix(tokenizer, rows[0], 10, 0, config)
     n_prefix = len(splice.prefix_ids)
@@ -114,7 +146,9 @@ async def test_hybrid_session_starts_with_the_demo_prefix(tokenizer, rows):
     assert out.prefix_mask == [1] * n_prefix + [0] * len(server.answer)
     assert out.response_mask == [1] * len(out.response_ids)
     assert out.response_logprobs[:n_prefix] == [0.0] * n_prefix
-    assert out.response_logprobs[n_prefix:] == pytest.approx([-0.25 - 0.01 * i for i in range(len(server.answer))])
+    assert out.response_logprobs[n_prefix:] == pytest.approx(
+        [-0.25 - 0.01 * i for i in range(len(server.answer))]
+    )
     assert (out.is_prefixed, out.prefix_len, out.demo_missing, out.demo_truncated) == (1, n_prefix, 0, 0)
     assert out.prefix_ratio == pytest.approx(ratio)
 
@@ -135,15 +169,24 @@ async def test_prefix_draw_depends_on_row_step_and_session_not_on_verl_uid(token
     async def prefix(step, session_id, uid, row=rows[1]):
         DEMO_CACHE.clear()
         out = await make_loop(PrefixRFTAgentLoop, config, tokenizer, RecordingServer(tokenizer)).run(
-            dict(SAMPLING), **request(row, session_id=session_id, step=step, uid=uid))
+            dict(SAMPLING), **request(row, session_id=session_id, step=step, uid=uid)
+        )
         return out.response_ids[: out.prefix_len]
 
     first = await prefix(3, 0, "a")
     assert await prefix(3, 0, "another-uuid") == first  # verl's per-step uuid does not matter
     draws = {tuple(await prefix(step, s, "a")) for step in (3, 4) for s in (0, 1, 2)}
     assert len(draws) > 1
-    ratios = {sample_prefix_ratio(3, from_dict(config.prefix_rft).ratio, seed=7, uid=row_uid(request(r, session_id=0)),
-                                  sample_index=0) for r in rows}
+    ratios = {
+        sample_prefix_ratio(
+            3,
+            from_dict(config.prefix_rft).ratio,
+            seed=7,
+            uid=row_uid(request(r, session_id=0)),
+            sample_index=0,
+        )
+        for r in rows
+    }
     assert len(ratios) == len(rows)  # rows get their own draws (row_uid differs per row)
 
 
@@ -152,8 +195,11 @@ async def test_whole_demo_makes_no_server_call(tokenizer, rows):
     config = trainer_config({"num_prefixed": 1, "ratio": const_one})
     server = RecordingServer(tokenizer)
     out = await make_loop(PrefixRFTAgentLoop, config, tokenizer, server).run(
-        dict(SAMPLING), **request(rows[2], session_id=0))
-    demo_ids = tokenizer.encode(rows[2]["demonstrations"][0], add_special_tokens=False) + [tokenizer.eos_token_id]
+        dict(SAMPLING), **request(rows[2], session_id=0)
+    )
+    demo_ids = tokenizer.encode(rows[2]["demonstrations"][0], add_special_tokens=False) + [
+        tokenizer.eos_token_id
+    ]
     assert len(demo_ids) < RESPONSE_LENGTH
     assert server.calls == []
     assert out.response_ids == demo_ids and out.response_ids[-1] == tokenizer.eos_token_id
@@ -166,10 +212,13 @@ async def test_whole_demo_makes_no_server_call(tokenizer, rows):
 async def test_long_demo_is_truncated_to_the_budget(tokenizer, rows):
     row = copy.deepcopy(rows[0])
     row["demonstrations"] = [" ".join([row["demonstrations"][0]] * 6)]
-    config = trainer_config({"num_prefixed": 1, "ratio": {"schedule": "const", "low_start": 0.95, "high": 0.95}})
+    config = trainer_config(
+        {"num_prefixed": 1, "ratio": {"schedule": "const", "low_start": 0.95, "high": 0.95}}
+    )
     server = RecordingServer(tokenizer)
     out = await make_loop(PrefixRFTAgentLoop, config, tokenizer, server).run(
-        dict(SAMPLING), **request(row, session_id=0))
+        dict(SAMPLING), **request(row, session_id=0)
+    )
     demo_ids = tokenizer.encode(row["demonstrations"][0], add_special_tokens=False)
     assert int(0.95 * len(demo_ids)) > RESPONSE_LENGTH
     assert server.calls == []
@@ -180,11 +229,18 @@ async def test_long_demo_is_truncated_to_the_budget(tokenizer, rows):
 async def test_demo_tokenized_once_per_row(tokenizer, rows):
     config = trainer_config({"num_prefixed": 4, "seed": 7})
     # the n sessions of a row run concurrently in one worker (verl's _run_prompt): one shared encode
-    outs = await asyncio.gather(*[make_loop(PrefixRFTAgentLoop, config, tokenizer, RecordingServer(tokenizer)).run(
-        dict(SAMPLING), **request(rows[3], session_id=s)) for s in range(4)])
+    outs = await asyncio.gather(
+        *[
+            make_loop(PrefixRFTAgentLoop, config, tokenizer, RecordingServer(tokenizer)).run(
+                dict(SAMPLING), **request(rows[3], session_id=s)
+            )
+            for s in range(4)
+        ]
+    )
     assert DEMO_CACHE.encodes == 1
     await make_loop(PrefixRFTAgentLoop, config, tokenizer, RecordingServer(tokenizer)).run(
-        dict(SAMPLING), **request(rows[3], session_id=0, step=11))
+        dict(SAMPLING), **request(rows[3], session_id=0, step=11)
+    )
     assert DEMO_CACHE.encodes == 1  # a later step reuses the cached ids
     assert all(o.is_prefixed == 1 for o in outs)
 
@@ -204,33 +260,52 @@ async def test_unprefixed_requests_match_verl_single_turn(tokenizer, rows, case)
     config = trainer_config()
     ours_server, verl_server = RecordingServer(tokenizer), RecordingServer(tokenizer)
     ours = await make_loop(PrefixRFTAgentLoop, config, tokenizer, ours_server).run(
-        dict(SAMPLING), **request(row, session_id=session_id))
+        dict(SAMPLING), **request(row, session_id=session_id)
+    )
     ref = await make_loop(SingleTurnAgentLoop, config, tokenizer, verl_server).run(
-        dict(SAMPLING), **request(row, session_id=session_id))
+        dict(SAMPLING), **request(row, session_id=session_id)
+    )
 
-    for name in ("prompt_ids", "response_ids", "response_mask", "response_logprobs", "num_turns",
-                 "extra_fields", "multi_modal_data", "routed_experts"):
+    for name in (
+        "prompt_ids",
+        "response_ids",
+        "response_mask",
+        "response_logprobs",
+        "num_turns",
+        "extra_fields",
+        "multi_modal_data",
+        "routed_experts",
+    ):
         assert getattr(ours, name) == getattr(ref, name), name
     assert ours.metrics.num_preempted == ref.metrics.num_preempted
     assert ours_server.calls == verl_server.calls
     assert ours.prefix_mask == [0] * len(ref.response_ids)
     expected_missing = int(case in ("no_demo", "empty_demo"))
-    assert (ours.is_prefixed, ours.prefix_len, ours.prefix_ratio, ours.demo_missing) == (0, 0, -1.0, expected_missing)
+    assert (ours.is_prefixed, ours.prefix_len, ours.prefix_ratio, ours.demo_missing) == (
+        0,
+        0,
+        -1.0,
+        expected_missing,
+    )
 
 
 async def test_reasoning_tag_is_not_doubled(rows):
     tok = build_tiny_tokenizer()
-    tok.chat_template = CHAT_TEMPLATE.replace("'<|im_start|>assistant\n'", "'<|im_start|>assistant\n<think>\n'")
+    tok.chat_template = CHAT_TEMPLATE.replace(
+        "'<|im_start|>assistant\n'", "'<|im_start|>assistant\n<think>\n'"
+    )
     row = copy.deepcopy(rows[0])
     row["demonstrations"] = ["<think>\n" + row["demonstrations"][0] + "</think> 12"]
     const_one = {"schedule": "const", "low_start": 1.0, "low_end": 1.0, "high": 1.0}
-    out = await make_loop(PrefixRFTAgentLoop, trainer_config({"ratio": const_one}), tok, RecordingServer(tok)).run(
-        dict(SAMPLING), **request(row, session_id=0))
+    out = await make_loop(
+        PrefixRFTAgentLoop, trainer_config({"ratio": const_one}), tok, RecordingServer(tok)
+    ).run(dict(SAMPLING), **request(row, session_id=0))
     assert tok.decode(out.prompt_ids).endswith("<think>\n")
     text = tok.decode(out.prompt_ids + out.response_ids)
     assert text.count("<think>") == 1 and text.count("</think>") == 1
-    assert out.response_ids == tok.encode(row["demonstrations"][0][len("<think>\n"):],
-                                          add_special_tokens=False) + [tok.eos_token_id]
+    assert out.response_ids == tok.encode(
+        row["demonstrations"][0][len("<think>\n") :], add_special_tokens=False
+    ) + [tok.eos_token_id]
 
 
 async def test_v1_transfer_queue_fields_align_with_response_mask(tokenizer, rows, monkeypatch):
@@ -249,7 +324,8 @@ async def test_v1_transfer_queue_fields_align_with_response_mask(tokenizer, rows
     for session_id in range(4):
         kwargs = request(rows[0], session_id=session_id)
         out = await make_loop(PrefixRFTAgentLoop, config, tokenizer, RecordingServer(tokenizer)).run(
-            dict(SAMPLING), **kwargs)
+            dict(SAMPLING), **kwargs
+        )
         await worker._agent_loop_postprocess(out, False, **kwargs)
 
     assert [p[0] for p in put] == [[f"uuid-from-verl_{s}_0"] for s in range(4)]
@@ -263,7 +339,8 @@ async def test_v1_transfer_queue_fields_align_with_response_mask(tokenizer, rows
 
     # what the actor gets: TransferQueue stacks the per-sample rows into jagged tensors
     batch = list_of_dict_to_tensordict(
-        [{k: td[k][0] for k in ("responses", "response_mask", "prefix_mask", "prefix_len")} for td in rows_td])
+        [{k: td[k][0] for k in ("responses", "response_mask", "prefix_mask", "prefix_len")} for td in rows_td]
+    )
     assert batch["prefix_mask"].is_nested and batch["response_mask"].is_nested
     padded = batch.to_padded_tensor()
     lens = batch["responses"].offsets().diff()
@@ -281,4 +358,9 @@ async def test_config_errors_are_clear(tokenizer):
     with pytest.raises(ValueError, match="use_v1"):
         make_loop(PrefixRFTAgentLoop, trainer_config(use_v1=False), tokenizer, RecordingServer(tokenizer))
     with pytest.raises(ValueError, match="num_prefixed"):
-        make_loop(PrefixRFTAgentLoop, trainer_config({"num_prefixed": 5}, n=4), tokenizer, RecordingServer(tokenizer))
+        make_loop(
+            PrefixRFTAgentLoop,
+            trainer_config({"num_prefixed": 5}, n=4),
+            tokenizer,
+            RecordingServer(tokenizer),
+        )
