@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench bench-e2e clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,7 +28,11 @@ demo: install
 	$(PY) scripts/cpu_demo.py
 
 bench: install
-	$(PY) scripts/bench_core.py
+	$(PY) scripts/bench_core.py --threads 1
+	$(PY) scripts/bench_loss.py
+
+bench-e2e: install
+	PY=$(PY) bash scripts/bench_e2e_cpu.sh
 
 clean:
 	rm -rf $(VENV)
