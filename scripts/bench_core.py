@@ -18,18 +18,24 @@ import torch
 from prefix_rft.core.entropy import num_kept, select_top_entropy
 
 
-def _timeit(fn, repeats: int, device: str) -> float:
-    fn()  # warm-up
-    times = []
+def _time_once(fn, device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def _compare(ours, baseline, repeats: int, device: str) -> tuple[float, float]:
+    """Median seconds of ``ours`` and ``baseline``, run alternately so drifts in machine load hit both."""
+    ours(), baseline()  # warm-up
+    a, b = [], []
     for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        a.append(_time_once(ours, device))
+        b.append(_time_once(baseline, device))
+    return statistics.median(a), statistics.median(b)
 
 
 def sort_based_selection(entropy: torch.Tensor, prefix_mask: torch.Tensor, top_ratio: float) -> torch.Tensor:
@@ -50,8 +56,12 @@ def bench_selection(device: str, repeats: int) -> list[tuple[str, float, float]]
         g = torch.Generator(device="cpu").manual_seed(0)
         entropy = torch.rand(tokens // 8192, 8192, generator=g).to(device)
         prefix = (torch.rand(tokens // 8192, 8192, generator=g) < 0.5).to(device)
-        ours = _timeit(lambda e=entropy, p=prefix: select_top_entropy(e, p, 0.2), repeats, device)
-        ref = _timeit(lambda e=entropy, p=prefix: sort_based_selection(e, p, 0.2), repeats, device)
+        ours, ref = _compare(
+            lambda e=entropy, p=prefix: select_top_entropy(e, p, 0.2),
+            lambda e=entropy, p=prefix: sort_based_selection(e, p, 0.2),
+            repeats,
+            device,
+        )
         assert int(select_top_entropy(entropy, prefix, 0.2).sum()) == int(
             sort_based_selection(entropy, prefix, 0.2).sum()
         )
@@ -96,8 +106,7 @@ def bench_loss(device: str, repeats: int, batch: int, seq: int) -> tuple[str, fl
 
     return (
         f"per-token loss fwd+bwd, {batch}x{seq}, all options on",
-        _timeit(ours, repeats, device),
-        _timeit(verl, repeats, device),
+        *_compare(ours, verl, repeats, device),
     )
 
 
@@ -106,7 +115,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=8192)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")

@@ -90,11 +90,17 @@ def test_rollout_is_weights_apply_to_continuation_only():
     assert loss.tolist()[0] == pytest.approx([-1.0, -0.5, -0.5])
 
 
-def test_padding_is_zero_and_bad_mode_raises():
+def test_padding_never_reaches_the_aggregate_and_bad_mode_raises():
     lp = torch.randn(2, 3)
     mask = _t([1, 1, 0], [1, 0, 0])
-    loss, _ = prefix_rft_token_loss(lp, lp + 0.1, torch.ones(2, 3), mask, torch.zeros(2, 3))
-    assert (loss[mask == 0] == 0).all()
+    adv = torch.ones(2, 3)
+    garbage = adv.masked_fill(mask == 0, 1e6)  # huge advantages on padding positions
+    clean, _ = prefix_rft_token_loss(lp, lp + 0.1, adv, mask, torch.zeros(2, 3))
+    dirty, _ = prefix_rft_token_loss(lp, lp + 0.1, garbage, mask, torch.zeros(2, 3))
+    for mode in AGG_MODES:
+        assert aggregate_loss(dirty, mask, mode).item() == pytest.approx(
+            aggregate_loss(clean, mask, mode).item()
+        )
     with pytest.raises(ValueError, match="is_mode"):
         prefix_rft_token_loss(lp, lp, lp, mask, mask, is_mode="sft")
 
@@ -114,8 +120,9 @@ def test_unkept_prefix_tokens_get_zero_gradient_and_change_nothing(seed, mode):
     loss.sum().backward()
     assert (lp.grad[prefix.bool()] == 0).all()
     assert (loss[prefix.bool()] == 0).all()
-    ref, _ = prefix_rft_token_loss(lp.detach(), old, adv, mask * (1 - prefix), torch.zeros(B, T))
-    assert torch.allclose(loss.detach(), ref)
+    cont = (mask * (1 - prefix)).bool()
+    ref, _ = prefix_rft_token_loss(lp.detach(), old, adv, cont.float(), torch.zeros(B, T))
+    assert torch.allclose(loss.detach()[cont], ref[cont])
 
 
 def test_entropy_loss_mask():

@@ -69,45 +69,59 @@ def prefix_rft_token_loss(
     ``sft_coef > 0`` adds ``sft_coef * (-log_prob)`` on kept prefix tokens. Rollout IS weights never
     apply to prefix tokens (they were not sampled by the rollout policy).
 
+    As with verl's policy losses, positions outside ``response_mask`` are not zeroed in ``loss_mat`` (that
+    would cost a full pass): reduce it with :func:`aggregate_loss` or verl's ``agg_loss``, which mask.
+
     Returns:
-        ``(loss_mat, metrics)``: the ``[B, T]`` loss (zero outside ``response_mask``) and detached scalar
+        ``(loss_mat, metrics)``: the ``[B, T]`` loss and detached scalar
         metrics ``pg_clipfrac`` (continuation), ``pg_clipfrac_prefix``, ``pg_clipfrac_lower``, ``ppo_kl``,
         ``kept_frac`` (kept / prefix tokens) and ``prefix_token_frac`` (prefix / response tokens).
     """
     if is_mode not in IS_MODES:
         raise ValueError(f"is_mode must be one of {IS_MODES}, got {is_mode!r}")
-    # Boolean masks and in-place-free fills keep the op count close to verl's vanilla PPO loss.
+    # Demo tokens live in few rows (num_prefixed of every n rollouts): every prefix-only term is computed
+    # on those rows alone, so the full-batch work stays that of verl's vanilla PPO loss.
     mask = response_mask.bool()
     prefix = prefix_mask.bool() & mask
-    kept = prefix if keep_mask is None else prefix & keep_mask.bool()
-    # Unkept prefix tokens get advantage 0 (paper sec. 3: "set the corresponding advantages ... to zero");
-    # they stay in the loss denominator (aggregation uses response_mask).
-    adv = advantages if keep_mask is None else advantages.masked_fill(prefix & ~kept, 0.0)
+    rows = prefix.any(dim=-1).nonzero().flatten()
+    p_rows = prefix[rows]
+    kept_rows = p_rows if keep_mask is None else p_rows & keep_mask[rows].bool()
+    adv = advantages
+    if keep_mask is not None and rows.numel():
+        # Unkept demo tokens get advantage 0 (paper sec. 3: "set the corresponding advantages ... to zero");
+        # they stay in the loss denominator (aggregation uses response_mask).
+        adv = advantages.index_copy(0, rows, advantages[rows].masked_fill(p_rows & ~kept_rows, 0.0))
 
     log_ratio = (log_prob - old_log_prob).clamp(-20.0, 20.0)
     ratio = torch.exp(log_ratio)
-    loss, clipped, clipped_lower = ppo_clipped_loss(ratio, adv, clip_ratio_low, clip_ratio_high, clip_ratio_c)
+    ppo_loss, clipped, clipped_lower = ppo_clipped_loss(
+        ratio, adv, clip_ratio_low, clip_ratio_high, clip_ratio_c
+    )
+    loss = ppo_loss if rollout_is_weights is None else ppo_loss * rollout_is_weights
 
-    if rollout_is_weights is not None:  # the rollout policy did not sample demo tokens: weight 1 there
-        loss = loss * rollout_is_weights.masked_fill(prefix, 1.0)
-    if is_mode != "ppo":
-        prob = torch.exp(log_prob)
-        weight = prob if is_mode == "behavior_one" else prob / (prob + luffy_gamma)
-        loss = torch.where(prefix, -adv * weight, loss)
-    if sft_coef:
-        loss = loss - sft_coef * log_prob * kept
-    loss = loss.masked_fill(~mask, 0.0)
+    if rows.numel() and (is_mode != "ppo" or sft_coef or rollout_is_weights is not None):
+        sub = loss[rows]
+        if rollout_is_weights is not None:  # the rollout policy did not sample demo tokens: weight 1 there
+            sub = torch.where(p_rows, ppo_loss[rows], sub)
+        if is_mode != "ppo":
+            sub_lp = log_prob[rows]
+            prob = torch.exp(sub_lp)
+            weight = prob if is_mode == "behavior_one" else prob / (prob + luffy_gamma)
+            sub = torch.where(p_rows, -adv[rows] * weight, sub)
+        if sft_coef:
+            sub = sub - sft_coef * log_prob[rows] * kept_rows
+        loss = loss.index_copy(0, rows, sub)
 
     with torch.no_grad():
         n_tokens = mask.sum().clamp(min=1)
-        n_prefix = prefix.sum()
-        n_clipped_prefix = (clipped & prefix).sum()
+        n_prefix = p_rows.sum()
+        n_clipped_prefix = (clipped[rows] & p_rows).sum()
         metrics = {
             "pg_clipfrac": ((clipped & mask).sum() - n_clipped_prefix) / (n_tokens - n_prefix).clamp(min=1),
             "pg_clipfrac_prefix": n_clipped_prefix / n_prefix.clamp(min=1),
             "pg_clipfrac_lower": (clipped_lower & mask).sum() / n_tokens,
             "ppo_kl": -(log_ratio.masked_fill(~mask, 0.0).sum()) / n_tokens,
-            "kept_frac": kept.sum() / n_prefix.clamp(min=1),
+            "kept_frac": kept_rows.sum() / n_prefix.clamp(min=1),
             "prefix_token_frac": n_prefix / n_tokens,
         }
     return loss, metrics
