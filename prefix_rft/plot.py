@@ -194,6 +194,9 @@ def _draw(ax, series: Series, metrics: list[tuple[str, str]], title: str, ylabel
             ax.plot(steps, vals, color=line.get_color(), alpha=0.25, linewidth=0.8)
     ax.set_title(title)
     ax.set_xlabel("training step")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
