@@ -62,9 +62,10 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopOutput, register
 from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
 from verl.workers.rollout.replica import TokenOutput
 
-from prefix_rft.config import PrefixRFTConfig, from_dict
+from prefix_rft.config import PrefixRFTConfig
 from prefix_rft.core.schedule import choose_demo, sample_prefix_ratio
 from prefix_rft.core.splice import splice_prefix
+from prefix_rft.verl_config import prefix_config_from_verl
 
 VALIDATION_SPLITS = ("test", "val", "valid", "validation", "eval", "evaluation")
 """``extra_info.split`` values that mark a row as validation (never prefixed)."""
@@ -155,14 +156,7 @@ def load_prefix_rft_config(trainer_config: Any) -> PrefixRFTConfig:
     hit = _CONFIG_CACHE.get(id(trainer_config))
     if hit is not None and hit[0] is trainer_config:
         return hit[1]
-    block = trainer_config.get("prefix_rft", None)
-    if block is None:
-        raise ValueError(
-            "prefix_rft_agent needs a top-level `prefix_rft:` block in the trainer config; "
-            "use recipe/prefix_rft/config/prefix_rft_trainer.yaml (or add the block) and keep "
-            "actor_rollout_ref.rollout.agent.default_agent_loop=prefix_rft_agent"
-        )
-    cfg = from_dict(block, rollout_n=int(trainer_config.actor_rollout_ref.rollout.n))
+    cfg = prefix_config_from_verl(trainer_config)
     _CONFIG_CACHE[id(trainer_config)] = (trainer_config, cfg)
     return cfg
 
