@@ -84,10 +84,11 @@ def bench_loss(device: str, repeats: int, batch: int, seq: int) -> tuple[str, fl
     log_prob = (torch.rand(batch, seq, generator=g) * -3).to(device)
     old = (log_prob.cpu() + torch.randn(batch, seq, generator=g) * 0.1).to(device)
     adv = torch.randn(batch, 1, generator=g).expand(batch, seq).contiguous().to(device)
-    mask = torch.ones(batch, seq, device=device)
-    prefix = torch.zeros(batch, seq, device=device)
-    prefix[::8, : seq // 2] = 1  # one hybrid rollout in 8, half of it demo tokens
-    keep = (torch.rand(batch, seq, generator=g) < 0.2).float().to(device) * prefix
+    # boolean masks, as verl's ppo_loss and our actor loss pass them (data["response_mask"].to(bool))
+    mask = torch.ones(batch, seq, dtype=torch.bool, device=device)
+    prefix = torch.zeros(batch, seq, dtype=torch.bool, device=device)
+    prefix[::8, : seq // 2] = True  # one hybrid rollout in 8, half of it demo tokens
+    keep = (torch.rand(batch, seq, generator=g) < 0.2).to(device) & prefix
     weights = torch.rand(batch, seq, generator=g).to(device)
 
     def ours():
