@@ -29,10 +29,12 @@ Decisions (for the trainer engineer):
   and ignores ``prefix_keep_mask``.
 
 * Plain batches. A batch without ``prefix_mask`` is handed to verl's own ``ppo_loss`` untouched (any
-  ``policy_loss.loss_mode``). With ``prefix_mask`` the policy term is
-  :func:`prefix_rft.core.loss.prefix_rft_token_loss` (dual-clip PPO, verl's ``vanilla`` mode): any other
-  ``policy_loss.loss_mode`` is refused with an error, since its treatment of demo tokens is undefined.
-  With ``prefix_mask`` all zero the result equals ``ppo_loss`` (tested to 1e-6 for every loss_agg_mode).
+  ``policy_loss.loss_mode``) only when ``prefix_rft.num_prefixed=0``; with demo prefixes configured it is
+  an error (training every demo token with full advantage, silently, is the worst failure mode). With
+  ``prefix_mask`` the policy term is :func:`prefix_rft.core.loss.prefix_rft_token_loss` (dual-clip PPO,
+  verl's ``vanilla`` mode; other ``policy_loss.loss_mode`` values are refused at start-up by
+  :func:`prefix_rft.verl_config.validate_verl_config` and here). With ``prefix_mask`` all zero the result
+  equals ``ppo_loss`` (tested to 1e-6 for every loss_agg_mode).
 
 * Everything else is verl's: log-probs/entropy unpadded with ``no_padding_2_padding``, aggregation with
   verl's ``agg_loss(**config.global_batch_info)`` over ``response_mask`` (so unkept prefix tokens stay in
@@ -41,11 +43,13 @@ Decisions (for the trainer engineer):
   token/sequence count, so micro-batch sums stay exact), KL loss on all response tokens.
 
 Metrics: verl's (``actor/pg_loss``, ``actor/pg_clipfrac`` over all response tokens, ``actor/ppo_kl``,
-``actor/pg_clipfrac_lower``, ``actor/entropy_loss``, ``kl_loss``, ``kl_coef``) plus
-``prefix_rft/pg_clipfrac_prefix``, ``prefix_rft/pg_clipfrac_continuation``, ``prefix_rft/kept_frac``
-(kept / prefix tokens) and ``prefix_rft/prefix_token_frac``, averaged over micro-batches (a micro-batch
-without prefix tokens reports 0 for the prefix ratios; the exact batch-level kept fraction is the
-trainer's, from ``prefix_keep_mask``).
+``actor/pg_clipfrac_lower``, ``actor/entropy_loss``, ``kl_loss``, ``kl_coef``) plus, logged as
+``actor/prefix_rft/...``: ``pg_clipfrac_continuation`` and ``prefix_token_frac`` (means over micro-batches,
+like verl's own ratios) and three exact token counts summed over the step's micro-batches and
+data-parallel ranks: ``demo_tokens``, ``kept_demo_tokens`` (after entropy clipping; with
+``scope=micro_batch`` this is the only place the real kept fraction shows) and ``clipped_demo_tokens``.
+Every key is emitted by every micro-batch, so verl's data-parallel aggregation (which needs the same
+number of values on every rank) always holds.
 """
 
 from __future__ import annotations
@@ -108,6 +112,12 @@ def prefix_rft_ppo_loss(
         ``(loss, metrics)`` as ``ppo_loss``.
     """
     if "prefix_mask" not in data.keys():
+        if prefix_config is not None and prefix_config.num_prefixed > 0:
+            raise ValueError(
+                f"prefix_rft.num_prefixed={prefix_config.num_prefixed} but the actor batch has no prefix_mask: "
+                "the rollouts did not come from the prefix_rft_agent loop. Set "
+                "actor_rollout_ref.rollout.agent.default_agent_loop=prefix_rft_agent (the recipe yaml does)."
+            )
         return ppo_loss(config, model_output, data, dp_group)
     if prefix_config is None:
         raise ValueError(
@@ -207,12 +217,18 @@ def prefix_rft_ppo_loss(
         "prefix_rft/pg_clipfrac_continuation": core_metrics["pg_clipfrac"].item(),
         "prefix_rft/prefix_token_frac": prefix_frac.item(),
     }
-    if prefix_mask.any():
-        # Only micro-batches that hold demo tokens report these: a 0 from a demo-free micro-batch would
-        # drag the per-step mean down (verl averages metrics over micro-batches).
-        pg_metrics["prefix_rft/pg_clipfrac_prefix"] = core_metrics["pg_clipfrac_prefix"].item()
-        pg_metrics["prefix_rft/kept_frac"] = core_metrics["kept_frac"].item()
     metrics: dict[str, Any] = dict(Metric.from_dict(pg_metrics, aggregation=AggregationType.MEAN))
+    # Exact counts: verl's SUM aggregation averages over dp ranks, then sums over micro-batches, so each
+    # rank reports count * dp_size and the logged value is the step's global total.
+    dp_size = int(config.global_batch_info["dp_size"])
+    n_demo = prefix_mask.sum()
+    counts = {
+        "prefix_rft/demo_tokens": n_demo,
+        "prefix_rft/kept_demo_tokens": n_demo if keep_mask is None else (keep_mask & prefix_mask).sum(),
+        "prefix_rft/clipped_demo_tokens": torch.round(core_metrics["pg_clipfrac_prefix"] * n_demo),
+    }
+    for key, value in counts.items():
+        metrics[key] = Metric(value=float(value) * dp_size, aggregation=AggregationType.SUM)
     metrics["actor/pg_loss"] = Metric(value=pg_loss, aggregation=metric_aggregation)
     policy_loss = pg_loss
 

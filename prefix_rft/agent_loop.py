@@ -65,10 +65,7 @@ from verl.workers.rollout.replica import TokenOutput
 from prefix_rft.config import PrefixRFTConfig
 from prefix_rft.core.schedule import choose_demo, sample_prefix_ratio
 from prefix_rft.core.splice import splice_prefix
-from prefix_rft.verl_config import prefix_config_from_verl
-
-VALIDATION_SPLITS = ("test", "val", "valid", "validation", "eval", "evaluation")
-"""``extra_info.split`` values that mark a row as validation (never prefixed)."""
+from prefix_rft.verl_config import VALIDATION_SPLITS, prefix_config_from_verl
 
 REASONING_OPEN_TAGS = ("<think>",)
 """Opening tags a chat template may already put at the end of the generation prompt."""

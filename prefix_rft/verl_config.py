@@ -13,6 +13,12 @@ from prefix_rft.config import PrefixRFTConfig, PrefixRFTConfigError, from_dict
 AGENT_LOOP_NAME = "prefix_rft_agent"
 ADV_ESTIMATOR_NAME = "prefix_rft"
 
+VALIDATION_SPLITS = ("test", "val", "valid", "validation", "eval", "evaluation")
+"""``extra_info.split`` values that mark a row as validation: the agent loop never prefixes such a row.
+
+verl 0.9.1 drops the ``validate`` flag before the agent loop runs (``trainer/ppo/v1/agent_loop_tq.py``
+l.61-62), so a validation row is recognised by this split value, or by carrying no demonstration."""
+
 
 def _select(cfg: Any, dotted: str, default: Any = None) -> Any:
     """``cfg.a.b.c`` or ``default`` when any part is missing (works on DictConfig and plain dicts)."""
@@ -124,4 +130,46 @@ def validate_verl_config(cfg: Any) -> PrefixRFTConfig:
                     "entropy_clip.scope=micro_batch ranks by the current policy's entropy inside the loss",
                     "actor_rollout_ref.actor.calculate_entropy=true",
                 )
+    if pcfg.num_prefixed > 0:
+        loss_mode = _select(cfg, "actor_rollout_ref.actor.policy_loss.loss_mode", "vanilla")
+        if loss_mode != "vanilla":
+            _fail(
+                "actor_rollout_ref.actor.policy_loss.loss_mode",
+                loss_mode,
+                "the Prefix-RFT loss is dual-clip PPO on demo and generated tokens alike",
+                "actor_rollout_ref.actor.policy_loss.loss_mode=vanilla",
+            )
+        check_val_files(_select(cfg, "data.val_files"), pcfg.demo_key)
     return pcfg
+
+
+def check_val_files(val_files: Any, demo_key: str) -> None:
+    """Refuse validation rows that the agent loop would prefix (a silently inflated validation score).
+
+    A row is prefixed when it carries a non-empty demonstration and its ``extra_info.split`` is not one of
+    :data:`VALIDATION_SPLITS`. Files that do not exist yet are skipped (verl reports them itself).
+    """
+    import os
+
+    if val_files is None:
+        return
+    paths = [val_files] if isinstance(val_files, str) else list(val_files)
+    for path in paths:
+        path = os.path.expanduser(str(path))
+        if not (path.endswith(".parquet") and os.path.isfile(path)):
+            continue
+        import pyarrow.parquet as pq
+
+        if demo_key not in pq.read_schema(path).names:
+            continue
+        table = pq.read_table(path, columns=[demo_key, "extra_info"]).to_pydict()
+        for row, (demo, extra) in enumerate(zip(table[demo_key], table["extra_info"], strict=True)):
+            split = (extra or {}).get("split") if isinstance(extra, dict) else None
+            has_demo = bool(demo) and (not isinstance(demo, str) or bool(demo.strip()))
+            if has_demo and not (isinstance(split, str) and split.lower() in VALIDATION_SPLITS):
+                raise PrefixRFTConfigError(
+                    f"data.val_files: {path} row {row} has a demonstration in column {demo_key!r} and "
+                    f"extra_info.split={split!r}, so its validation rollouts would start from a demo prefix. "
+                    f"Fix: drop the {demo_key!r} column from validation files, or set extra_info.split to one "
+                    f"of {VALIDATION_SPLITS}."
+                )

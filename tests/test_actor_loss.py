@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 from verl.utils import tensordict_utils as tu
+from verl.utils.metric import AggregationType, Metric
 from verl.workers.config import FSDPActorConfig
 from verl.workers.engine.utils import prepare_micro_batches
 from verl.workers.utils.losses import ppo_loss
@@ -184,10 +185,13 @@ def test_hand_computed_small_case():
     assert metrics["actor/pg_loss"].values[0] == pytest.approx(pg, abs=1e-9)
     assert metrics["actor/entropy_loss"].values[0] == pytest.approx(ent, abs=1e-9)
     assert metrics["kl_loss"].values[0] == pytest.approx(kl, abs=1e-9)
-    assert metrics["prefix_rft/kept_frac"].values[0] == pytest.approx(1 / 3, abs=1e-6)
+    # 3 demo tokens, 1 kept, none clipped (exact counts, SUM-aggregated)
+    assert metrics["prefix_rft/demo_tokens"].values[0] == 3
+    assert metrics["prefix_rft/kept_demo_tokens"].values[0] == 1
+    assert metrics["prefix_rft/clipped_demo_tokens"].values[0] == 0
+    assert metrics["prefix_rft/kept_demo_tokens"].aggregation == AggregationType.SUM
     # clipped tokens: continuation ratio e^0.5 (A>0) and on-policy e^2 (A<0) -> 2 of 5 continuation
     assert metrics["prefix_rft/pg_clipfrac_continuation"].values[0] == pytest.approx(2 / 5, abs=1e-6)
-    assert metrics["prefix_rft/pg_clipfrac_prefix"].values[0] == pytest.approx(0.0, abs=1e-6)
     assert metrics["actor/pg_clipfrac"].values[0] == pytest.approx(2 / 8, abs=1e-6)
 
 
@@ -281,14 +285,43 @@ def test_all_on_policy_batch_equals_verl_ppo_loss(mode, global_info):
     assert our_metrics["kl_coef"] == ref_metrics["kl_coef"]
 
 
-def test_plain_batch_is_verl_ppo_loss_for_any_loss_mode():
+def test_plain_batch_is_verl_ppo_loss_for_any_loss_mode_only_without_demo_prefixes():
     samples = random_samples(4, seed=2, with_prefix=False)
     kwargs = dict(policy_loss={"loss_mode": "gspo"}, clip_ratio_low=3e-4, clip_ratio_high=4e-4)
+    rft = from_dict({"num_prefixed": 0}, rollout_n=8)
     mo, data, _, _ = build_batch(samples, extra=("prefix_mask", "prefix_keep_mask"))
-    ours, _ = make_prefix_rft_loss_fn(actor_config(**kwargs), prefix_config())(model_output=mo, data=data)
+    ours, _ = make_prefix_rft_loss_fn(actor_config(**kwargs), rft)(model_output=mo, data=data)
     mo, data, _, _ = build_batch(samples, extra=("prefix_mask", "prefix_keep_mask"))
     ref, _ = ppo_loss(actor_config(**kwargs), mo, data)
     assert ours.item() == ref.item()
+    # with demo prefixes configured, a batch without prefix_mask means the wrong agent loop ran
+    mo, data, _, _ = build_batch(samples, extra=("prefix_mask", "prefix_keep_mask"))
+    with pytest.raises(ValueError, match="default_agent_loop=prefix_rft_agent"):
+        make_prefix_rft_loss_fn(actor_config(), prefix_config())(model_output=mo, data=data)
+
+
+def test_metrics_aggregate_across_ranks_with_uneven_demo_micro_batches():
+    """verl's dp aggregation needs the same number of values per rank: every micro-batch emits every key,
+    and the SUM-aggregated counts add up to the global number of demo tokens."""
+    with_demo = random_samples(2, seed=3)
+    without = random_samples(2, seed=4, with_prefix=False)
+    per_rank = []
+    for rank_samples in ([with_demo, with_demo], [with_demo, without]):  # rank 1 has a demo-free micro-batch
+        merged: dict = {}
+        for micro in rank_samples:
+            mo, data, _, _ = build_batch(micro)
+            tu.assign_non_tensor(data, dp_size=2)
+            _, metrics = prefix_rft_ppo_loss(actor_config(), mo, data, prefix_config=prefix_config())
+            for key, value in metrics.items():
+                if isinstance(value, Metric):
+                    merged.setdefault(key, value.init_list()).append(value)
+        per_rank.append(merged)
+    assert per_rank[0].keys() == per_rank[1].keys()
+    n_demo = sum(sum(s["prefix"]) for s in with_demo)
+    for key in per_rank[0]:
+        value = Metric.aggregate_dp([per_rank[0][key], per_rank[1][key]])
+        if key == "prefix_rft/demo_tokens":
+            assert value == pytest.approx(3 * n_demo)
 
 
 def test_missing_keep_mask_with_entropy_clipping_is_an_error():
@@ -309,7 +342,8 @@ def test_entropy_clipping_disabled_keeps_every_prefix_token():
     mo, data, _, _ = build_batch(samples)
     loss_all_kept, _ = prefix_rft_ppo_loss(cfg, mo, data, prefix_config=prefix_config())
     assert loss_off.item() == pytest.approx(loss_all_kept.item(), abs=1e-12)
-    assert metrics["prefix_rft/kept_frac"].values[0] == pytest.approx(1.0, abs=1e-6)
+    kept = metrics["prefix_rft/kept_demo_tokens"].values[0]
+    assert kept == metrics["prefix_rft/demo_tokens"].values[0] == sum(sum(s["prefix"]) for s in samples)
 
 
 def test_bad_setups_are_refused():
@@ -349,7 +383,8 @@ def test_micro_batch_scope_ranks_by_current_entropy():
     mo, data, _, _ = build_batch([expected_keep, other])
     ref, _ = prefix_rft_ppo_loss(cfg, mo, data, prefix_config=prefix_config())
     assert loss.item() == pytest.approx(ref.item(), abs=1e-12)
-    assert metrics["prefix_rft/kept_frac"].values[0] == pytest.approx(0.5, abs=1e-6)
+    assert metrics["prefix_rft/kept_demo_tokens"].values[0] == 2
+    assert metrics["prefix_rft/demo_tokens"].values[0] == 4
     mo, data, _, _ = build_batch([sample, other])
     mo.pop("entropy")
     with pytest.raises(ValueError, match="calculate_entropy"):

@@ -244,3 +244,26 @@ def test_run_scripts_print_the_composed_config(tmp_path):
         pcfg = validate_verl_config(cfg)
         assert pcfg.ratio.schedule == cfg.prefix_rft.ratio.schedule
         assert "Started a local Ray instance" not in out.stderr
+
+
+def test_non_vanilla_policy_loss_is_refused_at_start_up():
+    with pytest.raises(PrefixRFTConfigError, match=r"policy_loss\.loss_mode='gspo'.*loss_mode=vanilla"):
+        validate_verl_config(recipe_config("actor_rollout_ref.actor.policy_loss.loss_mode=gspo"))
+
+
+def test_validation_rows_that_would_be_prefixed_are_refused(tmp_path):
+    from prefix_rft.testing.tiny import synthetic_math_rows, write_parquet
+
+    rows = synthetic_math_rows(3, split="train")  # train rows: demos and split "train"
+    reused = write_parquet(rows, str(tmp_path / "train_as_val.parquet"))
+    for row in rows:
+        row["extra_info"]["split"] = "test"
+    marked = write_parquet(rows, str(tmp_path / "val_marked.parquet"))
+    clean = write_parquet(synthetic_math_rows(3, split="test"), str(tmp_path / "val.parquet"))
+    validate_verl_config(recipe_config(f"data.val_files=[{marked},{clean}]"))  # both fine
+    with pytest.raises(
+        PrefixRFTConfigError, match=r"train_as_val\.parquet row 0 .*extra_info\.split='train'"
+    ):
+        validate_verl_config(recipe_config(f"data.val_files=[{clean},{reused}]"))
+    # plain RFT never prefixes, so the same file is fine there
+    validate_verl_config(recipe_config(f"data.val_files={reused}", "prefix_rft.num_prefixed=0"))

@@ -2,8 +2,9 @@
 
 All ``n`` rollouts of a prompt (hybrid and on-policy) are scored by the same reward and share one
 baseline: the group mean. Dr.GRPO drops GRPO's division by the group std; ``norm_by_std=True`` gives
-plain GRPO. The prefix-aware variant (authors' code) measures every rollout against the mean of the
-group's on-policy rollouts only.
+plain GRPO. The prefix-aware variant measures every rollout against the mean of the group's on-policy
+rollouts only (a simplification of the authors' prefix-aware estimators, which re-baseline only the demo
+tokens; not the paper's default).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def prefix_aware_advantage(
     norm_by_std: bool = False,
     eps: float = 1e-6,
 ) -> torch.Tensor:
-    """Advantage against the mean of the group's on-policy rollouts only (authors' code, a variant).
+    """Advantage against the mean of the group's on-policy rollouts only (an optional variant, not the paper's).
 
     ``A_i = r_i - mean(r_j : j in group, j not prefixed)``. The hybrid rollouts are thus compared with
     what the policy achieves on its own. A group without any on-policy rollout falls back to the whole
