@@ -132,10 +132,10 @@ class PrefixRFTConfig:
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
 
     def validate(self, rollout_n: int | None = None) -> PrefixRFTConfig:
-        """Check every value; raise :class:`PrefixRFTConfigError` naming the key and the fix."""
+        """Check every value's type and range; raise :class:`PrefixRFTConfigError` naming the key and the fix."""
         r, e, lo, a = self.ratio, self.entropy_clip, self.loss, self.advantage
         _check(
-            isinstance(self.num_prefixed, int) and self.num_prefixed >= 0,
+            _is_int(self.num_prefixed) and self.num_prefixed >= 0,
             "num_prefixed",
             self.num_prefixed,
             "an integer >= 0 (0 = plain RFT)",
@@ -153,39 +153,47 @@ class PrefixRFTConfig:
             self.demo_key,
             "a non-empty dataset column name",
         )
+        _check(_is_int(self.seed), "seed", self.seed, "an integer")
         _check(r.schedule in SCHEDULES, "ratio.schedule", r.schedule, f"one of {SCHEDULES}")
         for name in ("low_start", "low_end", "high"):
             v = getattr(r, name)
-            _check(isinstance(v, (int, float)) and 0.0 <= v <= 1.0, f"ratio.{name}", v, "a float in [0, 1]")
+            _check(_is_num(v) and 0.0 <= v <= 1.0, f"ratio.{name}", v, "a float in [0, 1]")
         _check(r.low_start <= r.high, "ratio.low_start", r.low_start, f"<= ratio.high={r.high}")
         _check(r.low_end <= r.high, "ratio.low_end", r.low_end, f"<= ratio.high={r.high}")
         _check(
-            isinstance(r.decay_steps, int) and r.decay_steps >= 1,
+            _is_int(r.decay_steps) and r.decay_steps >= 1,
             "ratio.decay_steps",
             r.decay_steps,
             "an integer >= 1",
         )
         _check(
-            isinstance(r.delay_steps, int) and r.delay_steps >= 0,
+            _is_int(r.delay_steps) and r.delay_steps >= 0,
             "ratio.delay_steps",
             r.delay_steps,
             "an integer >= 0",
         )
         _check(r.sampler in SAMPLERS, "ratio.sampler", r.sampler, f"one of {SAMPLERS}")
-        _check(r.alpha > 0, "ratio.alpha", r.alpha, "a float > 0")
-        _check(r.beta > 0, "ratio.beta", r.beta, "a float > 0")
+        _check(_is_num(r.alpha) and r.alpha > 0, "ratio.alpha", r.alpha, "a float > 0")
+        _check(_is_num(r.beta) and r.beta > 0, "ratio.beta", r.beta, "a float > 0")
         _check(
-            isinstance(r.min_prefix_tokens, int) and r.min_prefix_tokens >= 0,
+            _is_int(r.min_prefix_tokens) and r.min_prefix_tokens >= 0,
             "ratio.min_prefix_tokens",
             r.min_prefix_tokens,
             "an integer >= 0",
         )
         _check(isinstance(e.enable, bool), "entropy_clip.enable", e.enable, "true or false")
-        _check(0.0 < e.top_ratio <= 1.0, "entropy_clip.top_ratio", e.top_ratio, "a float in (0, 1]")
+        _check(
+            _is_num(e.top_ratio) and 0.0 < e.top_ratio <= 1.0,
+            "entropy_clip.top_ratio",
+            e.top_ratio,
+            "a float in (0, 1]",
+        )
         _check(e.scope in ENTROPY_SCOPES, "entropy_clip.scope", e.scope, f"one of {ENTROPY_SCOPES}")
         _check(lo.is_mode in IS_MODES, "loss.is_mode", lo.is_mode, f"one of {IS_MODES}")
-        _check(lo.luffy_gamma > 0, "loss.luffy_gamma", lo.luffy_gamma, "a float > 0")
-        _check(lo.sft_coef >= 0, "loss.sft_coef", lo.sft_coef, "a float >= 0")
+        _check(
+            _is_num(lo.luffy_gamma) and lo.luffy_gamma > 0, "loss.luffy_gamma", lo.luffy_gamma, "a float > 0"
+        )
+        _check(_is_num(lo.sft_coef) and lo.sft_coef >= 0, "loss.sft_coef", lo.sft_coef, "a float >= 0")
         _check(
             isinstance(lo.entropy_bonus_on_prefix, bool),
             "loss.entropy_bonus_on_prefix",
@@ -195,6 +203,14 @@ class PrefixRFTConfig:
         _check(a.mode in ADV_MODES, "advantage.mode", a.mode, f"one of {ADV_MODES}")
         _check(isinstance(a.norm_by_std, bool), "advantage.norm_by_std", a.norm_by_std, "true or false")
         return self
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:

@@ -70,6 +70,16 @@ def test_omegaconf_block():
         ({"loss": {"is_mode": "sft"}}, "prefix_rft.loss.is_mode"),
         ({"loss": {"sft_coef": -1}}, "prefix_rft.loss.sft_coef"),
         ({"advantage": {"mode": "rloo"}}, "prefix_rft.advantage.mode"),
+        # wrong types (e.g. from the command line) fail with the key, never a TypeError
+        ({"num_prefixed": True}, "prefix_rft.num_prefixed=True"),
+        ({"seed": "abc"}, "prefix_rft.seed='abc'"),
+        ({"seed": 1.5}, "prefix_rft.seed=1.5"),
+        ({"ratio": {"alpha": "abc"}}, "prefix_rft.ratio.alpha='abc'"),
+        ({"ratio": {"decay_steps": True}}, "prefix_rft.ratio.decay_steps=True"),
+        ({"ratio": {"min_prefix_tokens": False}}, "prefix_rft.ratio.min_prefix_tokens=False"),
+        ({"ratio": {"high": "x"}}, "prefix_rft.ratio.high='x'"),
+        ({"entropy_clip": {"top_ratio": None}}, "prefix_rft.entropy_clip.top_ratio=None"),
+        ({"loss": {"luffy_gamma": "x"}}, "prefix_rft.loss.luffy_gamma='x'"),
     ],
 )
 def test_bad_values_name_the_key(block, key):

@@ -19,6 +19,11 @@ def is_local(source: str) -> bool:
     return os.path.exists(source)
 
 
+def looks_like_path(source: str) -> bool:
+    """A source meant as a local file (not a hub id): a path prefix or a data-file suffix."""
+    return source.startswith(("/", "./", "../", "~")) or source.endswith(LOCAL_SUFFIXES)
+
+
 def _read_jsonl(path: str) -> list[dict]:
     rows = []
     with open(path, encoding="utf-8") as f:
@@ -74,6 +79,8 @@ def load_rows(source: str, *, split: str = "train", config: str | None = None) -
     """
     if is_local(source):
         return read_local(source)
+    if looks_like_path(source):
+        raise SourceError(f"file not found: {source} (check the path; hub ids look like org/name)")
     try:
         import datasets
 
