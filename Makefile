@@ -2,6 +2,8 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Where pip finds the CPU build of torch 2.13 (empty: the configured indexes / local wheels).
+TORCH_INDEX ?=
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 
 .PHONY: install test lint demo bench bench-e2e clean
@@ -9,8 +11,9 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# CPU torch first (from local disk where available) so verl never pulls a CUDA build.
-	$(PY) -m pip install -q "torch==2.13.0"
+	# CPU torch first so verl never pulls a CUDA build. On this project's machines pip finds the CPU wheel
+	# on local disk; elsewhere pass TORCH_INDEX=https://download.pytorch.org/whl/cpu.
+	$(PY) -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "torch==2.13.0"
 	$(PY) -m pip install -q -e ".[dev]"
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)

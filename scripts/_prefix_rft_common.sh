@@ -17,7 +17,8 @@
 #   ROLLOUT_NAME   vllm | sglang;  ROLLOUT_TP   rollout tensor parallel size;  GPU_MEM_UTIL   rollout memory
 #   MAX_TOKEN_LEN_PER_GPU    token budget of a dynamic micro-batch (actor and log-prob passes)
 #   TOTAL_STEPS    training steps (500 = where the cosine ratio schedule reaches its floor)
-#   PROJECT, EXP_NAME, LOGGER   tracking;  CKPT_DIR   checkpoint folder;  PYTHON   interpreter
+#   PROJECT, EXP_NAME, LOGGER   tracking (LOGGER default '["console","file"]': the file logger's jsonl feeds
+#                  `python -m prefix_rft.plot`; use '["console","wandb"]' for wandb);  CKPT_DIR;  PYTHON
 
 set -xeuo pipefail
 
@@ -36,7 +37,7 @@ GPU_MEM_UTIL=${GPU_MEM_UTIL:-0.6}
 MAX_TOKEN_LEN_PER_GPU=${MAX_TOKEN_LEN_PER_GPU:-18432}
 TOTAL_STEPS=${TOTAL_STEPS:-500}
 PROJECT=${PROJECT:-prefix_rft}
-LOGGER=${LOGGER:-'["console","wandb"]'}
+LOGGER=${LOGGER:-'["console","file"]'}
 PYTHON=${PYTHON:-python3}
 
 METHOD_ARGS=()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end CPU benchmark through verl's real trainer: plain RFT (prefix_rft.num_prefixed=0) vs Prefix-RFT,
 # same seed / steps / data / tiny model. Prints step time (and the ratio), tokens decoded per step, and
-# tokens decoded per prefixed vs on-policy rollout. ~3-4 minutes on 2 cores.
+# tokens decoded per prefixed vs on-policy rollout. ~2.5 minutes on 2 cores.
 #
 #   bash scripts/bench_e2e_cpu.sh [--steps 6] [--seed 0] [--max-response-length 64] [--out DIR]
 set -euo pipefail
