@@ -1,4 +1,4 @@
-"""Evaluate a model or a verl checkpoint on the paper's benchmarks (PAPER.md sec. 4-5).
+"""Evaluate a model or a verl checkpoint on the paper's benchmarks (arXiv 2507.01679 sec. 4-5).
 
     python -m prefix_rft.eval MODEL_OR_CHECKPOINT --data-dir data/eval --output results/model.json
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import importlib.util
 import json
 import os
 import subprocess
@@ -46,7 +47,7 @@ BENCH_TO_COLUMN = {
 OOD_COLUMNS = {"arc_c": "ARC-c", "gpqa_diamond": "GPQA-diamond", "mmlu_pro": "MMLU-Pro"}
 
 PAPER_RESULTS_7B: dict[str, list[float]] = {
-    # Qwen2.5-Math-7B, the paper's main table (PAPER.md sec. 5): AIME24, AIME25, AMC, MATH500, Minerva, Olympiad
+    # Qwen2.5-Math-7B, the paper's main table (arXiv 2507.01679 sec. 5): AIME24, AIME25, AMC, MATH500, Minerva, Olympiad
     "base": [11.5, 4.9, 31.3, 43.6, 7.4, 15.6],
     "SFT": [22.2, 22.3, 52.8, 82.6, 40.8, 43.7],
     "RFT": [25.1, 15.3, 62.0, 84.4, 39.3, 46.8],
@@ -155,6 +156,10 @@ def merge_checkpoint(actor_dir: str, backend: str, target_dir: str) -> str:
 def resolve_model(path: str, merged_dir: str | None = None) -> str:
     """A Hugging Face model path for ``path``: itself, or its merged copy when it is a verl checkpoint."""
     if not os.path.exists(path):
+        if path.startswith(("/", "./", "../", "~")) or path.count("/") > 1:
+            raise FileNotFoundError(
+                f"model not found: {path} (no such directory; hub ids look like org/name)"
+            )
         return path  # a hub id: let the backend load it
     found = find_verl_actor(path)
     if found is None:
@@ -263,8 +268,21 @@ def load_manifest(data_dir: str) -> dict[str, Any]:
             f"{path} not found: prepare the sets with "
             f"`python -m prefix_rft.data prepare eval --output-dir {data_dir}`"
         )
-    with open(path) as f:
-        return json.load(f)
+    fix = f"re-run `python -m prefix_rft.data prepare eval --output-dir {data_dir}` to rewrite it"
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); {fix}") from e
+    bad = (
+        [k for k, v in manifest.items() if not isinstance(v, dict) or not {"file", "n_samples"} <= set(v)]
+        if isinstance(manifest, dict)
+        else None
+    )
+    if bad is None or bad:
+        what = "not a JSON object" if bad is None else f"entries {bad} lack 'file' / 'n_samples'"
+        raise ValueError(f"{path}: malformed manifest ({what}); {fix}")
+    return manifest
 
 
 def chat_prompts(tokenizer: Any, rows: list[dict]) -> list[str]:
@@ -382,6 +400,16 @@ def evaluate(
             print(f"[{name}] already in {output} (mean {done['mean']:.4f}), skipping")
             continue
         todo.append((name, n, run_settings))
+    absent = [
+        os.path.join(data_dir, manifest[name]["file"])
+        for name, _, _ in todo
+        if not os.path.exists(os.path.join(data_dir, manifest[name]["file"]))
+    ]
+    if absent:
+        raise FileNotFoundError(
+            f"not found: {', '.join(absent)} (listed in {data_dir}/manifest.json); re-run "
+            f"`python -m prefix_rft.data prepare eval --output-dir {data_dir}`"
+        )
     if todo:
         if generate is None or tokenizer is None:
             model_path = resolve_model(model, merged_dir)
@@ -392,6 +420,11 @@ def evaluate(
                 tokenizer = AutoTokenizer.from_pretrained(model_path)
             if generate is None:
                 use = backend if backend != "auto" else ("vllm" if vllm_available() else "hf")
+                if use == "vllm" and importlib.util.find_spec("vllm") is None:
+                    raise ValueError(
+                        '--backend vllm: vllm is not installed; `pip install -e ".[vllm]"` '
+                        "or use --backend hf"
+                    )
                 print(f"generation backend: {use}")
                 kw = backend_kwargs or {}
                 generate = (
@@ -427,7 +460,7 @@ def _fmt(x: float | None) -> str:
 
 
 def render_markdown(results: dict, compare_paper: bool = False) -> str:
-    """The paper's results-table layout (PAPER.md sec. 5), scores in %, our row first."""
+    """The paper's results-table layout (arXiv 2507.01679 sec. 5), scores in %, our row first."""
     bench = results["benchmarks"]
     label = os.path.basename(str(results.get("model", "model")).rstrip("/")) or "model"
     ours = {BENCH_TO_COLUMN[b]: 100 * v["mean"] for b, v in bench.items() if b in BENCH_TO_COLUMN}
@@ -552,6 +585,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # transformers' "not a valid model identifier" and the like
+        print(f"error: model {args.model} could not be loaded: {e}", file=sys.stderr)
         return 1
     print(render_markdown(results, compare_paper=args.compare_paper))
     return 0

@@ -269,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         "--smooth", type=int, default=1, help="moving-average window in steps (raw curve kept faint)"
     )
     args = p.parse_args(argv)
+    if args.smooth < 1:
+        p.error(f"--smooth must be a window of >= 1 steps (1 = no smoothing), got {args.smooth}")
     try:
         written = plot_run(args.log, args.out, args.smooth)
     except (FileNotFoundError, RuntimeError) as e:

@@ -340,7 +340,7 @@ def test_eval_sets_skip_bad_rows_and_report_failures(tmp_path, offline_hub):
         + json.dumps({"problem": "q", "answer": "3", "id": "1"})
         + "\n"
     )
-    with pytest.raises(SourceError, match="math500"):  # not local, and the hub is unreachable
+    with pytest.raises(SourceError, match="no local copy of math500"):  # --local-dir: no hub fallback
         prepare_eval(str(tmp_path / "e"), local_dir=str(local), benchmarks=["aime25", "math500"])
     # the benchmark that could be prepared was still written
     r = read_parquet_rows(str(tmp_path / "e" / "aime25.parquet"))
@@ -400,3 +400,90 @@ def test_all_eval_sets_load_together_in_verl(tmp_path, tiny_tok_dir, openr1_parq
     ds = RLHFDataset(files, AutoTokenizer.from_pretrained(tiny_tok_dir), cfg)
     assert len(ds) == 2 * len(BENCHMARKS) + 2
     assert {ds[i]["data_source"] for i in range(len(ds))} == set(BENCHMARKS) | {"openr1"}
+
+
+# ---------------------------------------------------------------------------- error messages (UX audit)
+
+
+@pytest.mark.parametrize("source", ["./nope.jsonl", "/no/such/dir/data.parquet", "~/nope", "rel/x.json"])
+def test_missing_local_file_is_not_treated_as_a_hub_id(source):
+    with pytest.raises(SourceError, match=f"file not found: {source}") as e:
+        load_rows(source)
+    assert "huggingface" not in str(e.value)
+
+
+def test_cli_missing_local_path(tmp_path, capsys):
+    missing = str(tmp_path / "nope")
+    assert (
+        data_main(["prepare", "generic", "--local-path", missing, "--output-dir", str(tmp_path / "o")]) == 1
+    )
+    assert f"--local-path: file not found: {missing}" in capsys.readouterr().err
+
+
+def test_eval_local_dir_missing_dir_or_file_is_an_error(tmp_path):
+    with pytest.raises(SourceError, match="--local-dir .*nodir: directory not found"):
+        prepare_eval(str(tmp_path / "e"), local_dir=str(tmp_path / "nodir"), benchmarks=["aime25"])
+    (tmp_path / "local").mkdir()
+    with pytest.raises(SourceError, match="aime25.parquet, aime25.jsonl, aime25.json or aime25/"):
+        prepare_eval(str(tmp_path / "e"), local_dir=str(tmp_path / "local"), benchmarks=["aime25"])
+    assert not os.path.exists(tmp_path / "e" / "manifest.json")  # every benchmark failed: no manifest
+
+
+def test_eval_local_file_with_wrong_columns(tmp_path):
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "aime25.jsonl").write_text(json.dumps({"question": "p", "solution": "3"}) + "\n")
+    with pytest.raises(SourceError) as e:
+        prepare_eval(str(tmp_path / "e"), local_dir=str(local), benchmarks=["aime25"])
+    msg = str(e.value)
+    assert "column(s) ['problem', 'answer'] not found; columns are ['question', 'solution']" in msg
+    assert "aime25 expects ['problem', 'answer']" in msg and "aime25.jsonl" in msg
+    assert not os.path.exists(tmp_path / "e" / "manifest.json")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--val-size", "-1"], "--val-size must be >= 0"),
+        (["--val-size", "100"], "pass a --val-size below"),
+        (["--subsample", "0"], "--subsample must be a fraction in (0, 1]"),
+        (["--subsample", "1.5"], "--subsample must be a fraction in (0, 1]"),
+        (["--tokenizer", "/nonexist/tok"], "--tokenizer /nonexist/tok could not be loaded"),
+    ],
+)
+def test_cli_bad_options_name_the_flag(tmp_path, capsys, openr1_parquet, flags, message):
+    assert data_main(["prepare", "openr1", openr1_parquet, "--output-dir", str(tmp_path / "o"), *flags]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_cli_empty_demo_key_rejected(tmp_path, capsys, openr1_parquet):
+    with pytest.raises(SystemExit) as e:
+        data_main(
+            ["prepare", "openr1", openr1_parquet, "--output-dir", str(tmp_path / "o"), "--demo-key", ""]
+        )
+    assert e.value.code == 2 and "--demo-key must be a non-empty column name" in capsys.readouterr().err
+
+
+def test_generic_missing_answer_names_column_and_fix(tmp_path):
+    src = tmp_path / "g.jsonl"
+    src.write_text(
+        json.dumps({"problem": "a", "solution": "s", "answer": ""})
+        + "\n"
+        + json.dumps({"problem": "b", "solution": "s \\boxed{2}", "answer": "2"})
+        + "\n"
+    )
+    report = prepare_generic(str(src), output_dir=str(tmp_path / "o"))
+    assert report.bad_rows == [(0, "answer column 'answer' is empty; fill it or pass --answer-from-solution")]
+    assert report.dropped["missing_answer"] == 1
+
+
+def test_openr1_on_wrong_schema_points_to_generic(tmp_path):
+    with pytest.raises(ValueError, match="not in the OpenR1 schema.*prepare generic"):
+        prepare_openr1(GENERIC_JSONL, output_dir=str(tmp_path / "o"))
+
+
+def test_generic_key_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        data_main(["prepare", "generic", "--help"])
+    out = capsys.readouterr().out
+    assert "Default: problem" in out and "Default: answer" in out

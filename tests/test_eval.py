@@ -221,3 +221,46 @@ def test_render_markdown_full_table():
     md = render_markdown({"model": "/x/ckpt/", "benchmarks": bench})
     assert "| **ckpt (ours)** | 30.0 | 20.0 | 60.0 | 90.0 | 40.0 | 50.0 | 48.3 |" in md
     assert "paper" not in md
+
+
+def test_cli_missing_model_path(tiny, tmp_path, capsys):
+    _, data_dir = tiny
+    assert main(["/nonexist/model", "--data-dir", data_dir, "--output", str(tmp_path / "o.json")]) == 1
+    assert "model not found: /nonexist/model" in capsys.readouterr().err
+
+
+def test_cli_vllm_backend_without_vllm(tiny, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    # behave as on a machine without vLLM, whether or not this one has it
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "vllm" else real_find_spec(n, *a)
+    )
+    model_dir, data_dir = tiny
+    args = [model_dir, "--data-dir", data_dir, "--output", str(tmp_path / "o.json"), "--backend", "vllm"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert '--backend vllm: vllm is not installed; `pip install -e ".[vllm]"` or use --backend hf' in err
+
+
+def test_cli_manifest_file_missing_or_malformed(tiny, tmp_path, capsys):
+    import shutil
+
+    model_dir, data_dir = tiny
+    d = str(tmp_path / "data")
+    shutil.copytree(data_dir, d)
+    os.remove(os.path.join(d, "aime24.parquet"))
+    assert main([model_dir, "--data-dir", d, "--output", str(tmp_path / "o.json")]) == 1
+    err = capsys.readouterr().err
+    assert "not found: " + os.path.join(d, "aime24.parquet") in err
+    assert f"re-run `python -m prefix_rft.data prepare eval --output-dir {d}`" in err
+    with open(os.path.join(d, "manifest.json"), "w") as f:
+        f.write("{not json")
+    assert main([model_dir, "--data-dir", d, "--output", str(tmp_path / "o.json")]) == 1
+    err = capsys.readouterr().err
+    assert "manifest.json: not valid JSON" in err and "prepare eval --output-dir" in err
+    with open(os.path.join(d, "manifest.json"), "w") as f:
+        f.write('{"aime24": {"rows": 1}}')
+    assert main([model_dir, "--data-dir", d, "--output", str(tmp_path / "o.json")]) == 1
+    assert "malformed manifest" in capsys.readouterr().err

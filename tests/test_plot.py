@@ -111,3 +111,10 @@ def test_tensorboard_dir(tmp_path):
 def test_smooth():
     assert smooth([1, 2, 3, 4], 1) == [1, 2, 3, 4]
     assert smooth([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+
+
+@pytest.mark.parametrize("k", ["0", "-2"])
+def test_cli_rejects_bad_smooth(verl_jsonl, tmp_path, capsys, k):
+    with pytest.raises(SystemExit) as e:
+        main([verl_jsonl, "--out", str(tmp_path / "o"), "--smooth", k])
+    assert e.value.code == 2 and "--smooth must be a window of >= 1 steps" in capsys.readouterr().err

@@ -280,7 +280,7 @@ def test_external_lib_registers_and_plain_verl_import_stays_untouched():
 
 @pytest.fixture(scope="module")
 def transfer_queue():
-    ray = pytest.importorskip("ray")
+    import ray
     import transfer_queue as tq
     from omegaconf import OmegaConf
 

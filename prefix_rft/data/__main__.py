@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from prefix_rft.data.contract import DEMO_KEY, ContractError
@@ -56,13 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = kinds.add_parser("generic", help="any dataset with problem / solution / answer columns")
     p.add_argument("source", nargs="?", default=None, help="hub id or local parquet/jsonl/json file or dir")
     p.add_argument("--config", default=None, help="hub dataset config name")
-    p.add_argument("--problem-key", default="problem")
+    p.add_argument("--problem-key", default="problem", help="problem text column. Default: problem")
     p.add_argument(
         "--solution-key",
         default="solution",
         help="demonstration column (a string or a list of strings); '' = no demonstrations",
     )
-    p.add_argument("--answer-key", default="answer")
+    p.add_argument(
+        "--answer-key",
+        default="answer",
+        help="ground-truth answer column (see --answer-from-solution). Default: answer",
+    )
     p.add_argument(
         "--answer-from-solution",
         action="store_true",
@@ -80,13 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--local-dir",
         default=None,
-        help="directory with <name>.parquet|jsonl|json copies in the public schemas (no hub)",
+        help="directory with <name>.parquet|jsonl|json copies in the public schemas (no hub; "
+        "a missing copy is an error)",
     )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "demo_key", None) is not None and not args.demo_key.strip():
+        parser.error(f"--demo-key must be a non-empty column name (default {DEMO_KEY})")
+    if getattr(args, "local_path", None) and not os.path.exists(os.path.expanduser(args.local_path)):
+        print(f"error: --local-path: file not found: {args.local_path}", file=sys.stderr)
+        return 1
     try:
         if args.kind == "eval":
             names = [b.strip() for b in args.benchmarks.split(",")] if args.benchmarks else None

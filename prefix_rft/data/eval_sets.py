@@ -40,7 +40,7 @@ class Benchmark:
     n_samples: int
     kind: str  # "math" | "ood"
     columns: str  # the source columns read, for the docs
-    paper_column: str | None = None  # column of the paper's results table (PAPER.md sec. 5)
+    paper_column: str | None = None  # column of the paper's results table (arXiv 2507.01679 sec. 5)
 
     @property
     def metric(self) -> str:
@@ -194,6 +194,37 @@ CONVERTERS: dict[str, Callable[[Mapping], tuple[str, str, dict]]] = {
 }
 
 
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "aime24": ("problem", "solution"),
+    "aime25": ("problem", "answer"),
+    "amc23": ("question", "answer"),
+    "math500": ("problem", "answer"),
+    "minerva": ("question", "answer"),
+    "olympiadbench": ("question", "final_answer"),
+    "arc_c": ("question", "choices", "answerKey"),
+    "gpqa_diamond": (
+        "Question",
+        "Correct Answer",
+        "Incorrect Answer 1",
+        "Incorrect Answer 2",
+        "Incorrect Answer 3",
+    ),
+    "mmlu_pro": ("question", "options", "answer"),
+}
+"""Source columns each converter reads (the public schema of the benchmark's hub id)."""
+
+
+def check_columns(name: str, src_rows: list[dict], source: str) -> None:
+    """Raise :class:`SourceError` naming the found and expected columns when a required one is absent."""
+    found = set().union(*(r.keys() for r in src_rows)) if src_rows else set()
+    missing = [c for c in REQUIRED_COLUMNS[name] if c not in found]
+    if src_rows and missing:
+        raise SourceError(
+            f"{source}: column(s) {missing} not found; columns are {sorted(found)}. {name} expects "
+            f"{list(REQUIRED_COLUMNS[name])} (the schema of {BENCHMARKS[name].hf_id}); rename the columns"
+        )
+
+
 def convert_benchmark(name: str, src_rows: list[dict]) -> tuple[list[dict], list[tuple[int, str]]]:
     """Source rows of benchmark ``name`` -> (verl rows, [(source index, reason) of skipped rows])."""
     bench = BENCHMARKS[name]
@@ -225,14 +256,22 @@ def convert_benchmark(name: str, src_rows: list[dict]) -> tuple[list[dict], list
 
 
 def _find_local(local_dir: str | None, name: str) -> str | None:
+    """``<local_dir>/<name>.parquet|jsonl|json`` or ``<name>/``; with ``local_dir`` set, a missing copy is
+    an error (no silent hub download)."""
     if not local_dir:
         return None
-    for suffix in (".parquet", ".jsonl", ".json"):
-        path = os.path.join(local_dir, name + suffix)
+    candidates = [os.path.join(local_dir, name + suffix) for suffix in (".parquet", ".jsonl", ".json")]
+    for path in candidates:
         if os.path.exists(path):
             return path
     path = os.path.join(local_dir, name)
-    return path if os.path.isdir(path) else None
+    if os.path.isdir(path):
+        return path
+    raise SourceError(
+        f"--local-dir {local_dir}: no local copy of {name}; expected one of "
+        f"{', '.join(os.path.basename(c) for c in candidates)} or {name}/ there (the schema of "
+        f"{BENCHMARKS[name].hf_id}). Add it, or drop --local-dir (or this benchmark from --benchmarks)."
+    )
 
 
 def prepare_eval(
@@ -245,13 +284,19 @@ def prepare_eval(
     """Write ``<output_dir>/<name>.parquet`` for each benchmark plus ``manifest.json``; return the manifest.
 
     ``local_dir``: where ``<name>.parquet|jsonl|json`` (or a ``<name>/`` snapshot dir) in the public
-    schema replace the hub download. A benchmark that fails to load is reported and the others still
+    schema replace the hub download (a missing directory or copy is an error, never a silent hub
+    download). A benchmark that fails to load is reported and the others still
     written; the call raises at the end listing the failures.
     """
     names = benchmarks or (MATH_BENCHMARKS + (OOD_BENCHMARKS if include_ood else []))
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         raise ValueError(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
+    if local_dir and not os.path.isdir(local_dir):
+        raise SourceError(
+            f"--local-dir {local_dir}: directory not found; pass the directory holding "
+            f"<name>.parquet|jsonl|json copies, or drop --local-dir to download from the hub"
+        )
     os.makedirs(output_dir, exist_ok=True)
     manifest_path = os.path.join(output_dir, "manifest.json")
     manifest: dict[str, Any] = {}
@@ -261,11 +306,13 @@ def prepare_eval(
     failures = {}
     for name in tqdm(names, desc="benchmarks", unit="set"):
         bench = BENCHMARKS[name]
-        local = _find_local(local_dir, name)
+        local = None
         try:
+            local = _find_local(local_dir, name)
             src_rows = (
                 read_local(local) if local else load_rows(bench.hf_id, split=bench.split, config=bench.config)
             )
+            check_columns(name, src_rows, local or bench.hf_id)
         except SourceError as e:
             failures[name] = str(e)
             print(f"[{name}] FAILED: {e}")
@@ -289,8 +336,9 @@ def prepare_eval(
         print(
             f"[{name}] {len(rows)} rows ({bench.metric}) -> {path}" + (f", {len(bad)} skipped" if bad else "")
         )
-    with open(manifest_path, "w") as f:
-        json.dump(manifest, f, indent=2)
+    if len(failures) < len(names):  # not written when every benchmark failed
+        with open(manifest_path, "w") as f:
+            json.dump(manifest, f, indent=2)
     if failures:
         raise SourceError(
             "some benchmarks could not be prepared:\n" + "\n".join(f"  {k}: {v}" for k, v in failures.items())

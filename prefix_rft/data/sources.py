@@ -77,8 +77,8 @@ def load_rows(source: str, *, split: str = "train", config: str | None = None) -
     Hub ids go through ``datasets.load_dataset(source, config, split=split)``. Where the hub cannot be
     reached, download the data elsewhere and pass the local file instead; the error says so.
     """
-    if is_local(source):
-        return read_local(source)
+    if is_local(os.path.expanduser(source)):
+        return read_local(os.path.expanduser(source))
     if looks_like_path(source):
         raise SourceError(f"file not found: {source} (check the path; hub ids look like org/name)")
     try:

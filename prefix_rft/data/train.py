@@ -27,6 +27,9 @@ from prefix_rft.data.sources import load_rows, write_parquet
 OPENR1_HF_ID = "Elliott/Openr1-Math-46k-8192"
 """LUFFY's 46k OpenR1-Math subset with one DeepSeek-R1 trace per problem (the paper's training data)."""
 
+OPENR1_COLUMNS = ("prompt", "target", "reward_model")
+"""Columns of the OpenR1 source schema that :func:`convert_openr1_row` reads."""
+
 _INSTRUCTION_PRESENT = re.compile(r"final answer (?:with)?in\s*\\+boxed", re.IGNORECASE)
 
 
@@ -148,22 +151,31 @@ def convert_generic_rows(
     groups: dict[str, dict] = {}
     for i, src in enumerate(tqdm(rows, desc="convert", unit="row", mininterval=1.0)):
         try:
-            problem = _as_text(src.get(problem_key), f"{problem_key!r} (problem)")
+            problem = _as_text(src.get(problem_key), f"problem column {problem_key!r}")
             demos: list[str] = []
             if solution_key is not None:
                 sol = src.get(solution_key)
                 if hasattr(sol, "tolist") and not isinstance(sol, str):
                     sol = sol.tolist()
                 items = sol if isinstance(sol, list) else [sol]
-                demos = [_as_text(s, f"{solution_key!r} (solution)") for s in items]
-            raw_answer = src.get(answer_key)
-            if (raw_answer is None or raw_answer == "") and answer_from_solution and demos:
-                raw_answer = _boxed_answer(demos[0])
-            answer = _as_text(raw_answer, f"{answer_key!r} (answer)")
+                demos = [_as_text(s, f"solution column {solution_key!r}") for s in items]
         except RowError as e:
-            reason = "missing_answer" if f"{answer_key!r}" in str(e) else "bad_field"
-            dropped[reason] += 1
+            dropped["bad_field"] += 1
             bad.append((i, str(e)))
+            continue
+        raw_answer = src.get(answer_key)
+        if (raw_answer is None or raw_answer == "") and answer_from_solution and demos:
+            raw_answer = _boxed_answer(demos[0])
+        try:
+            answer = _as_text(raw_answer, f"answer column {answer_key!r}")
+        except RowError as e:
+            fix = (
+                "the first solution has no \\boxed{} either; fill the answer"
+                if answer_from_solution
+                else "fill it or pass --answer-from-solution"
+            )
+            dropped["missing_answer"] += 1
+            bad.append((i, f"{e}; {fix}"))
             continue
         key = problem.strip()
         group = groups.get(key)
@@ -302,7 +314,13 @@ def tokenizer_counter(tokenizer_path: str) -> Callable[[list[str]], list[int]]:
     """Token counts as the agent loop encodes a demo (``add_special_tokens=False``)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tokenizer_path)
+    try:
+        tok = AutoTokenizer.from_pretrained(tokenizer_path)
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"--tokenizer {tokenizer_path} could not be loaded: {type(e).__name__}: {str(e).rstrip('.')}. "
+            f"Pass a local model/tokenizer directory (with tokenizer.json or tokenizer_config.json)."
+        ) from e
 
     def count(texts: list[str]) -> list[int]:
         if not texts:
@@ -310,6 +328,14 @@ def tokenizer_counter(tokenizer_path: str) -> Callable[[list[str]], list[int]]:
         return [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
 
     return count
+
+
+def check_split_options(val_size: int, subsample: float | None) -> None:
+    """Reject a negative ``--val-size`` and a ``--subsample`` outside (0, 1] before any work is done."""
+    if val_size < 0:
+        raise ValueError(f"--val-size must be >= 0 (rows moved to val.parquet), got {val_size}")
+    if subsample is not None and not 0 < subsample <= 1:
+        raise ValueError(f"--subsample must be a fraction in (0, 1] (e.g. 0.1), got {subsample}")
 
 
 def finish(
@@ -324,12 +350,16 @@ def finish(
     require_demos: bool = True,
 ) -> PrepareReport:
     """Validation split, subsample, contract check, write parquet files and the JSON report."""
+    check_split_options(val_size, subsample)
     rng = random.Random(seed)
     order = list(range(len(rows)))
     val_rows: list[dict] = []
     if val_size:
         if val_size >= len(rows):
-            raise ValueError(f"--val-size {val_size} leaves no training rows (only {len(rows)} rows kept)")
+            raise ValueError(
+                f"--val-size {val_size} leaves no training rows (only {len(rows)} rows kept); "
+                f"pass a --val-size below {len(rows)}"
+            )
         val_idx = set(rng.sample(order, val_size))
         for i in sorted(val_idx):
             r = {k: v for k, v in rows[i].items() if k != demo_key}
@@ -338,8 +368,6 @@ def finish(
             val_rows.append(r)
         rows = [rows[i] for i in order if i not in val_idx]
     if subsample is not None:
-        if not 0 < subsample <= 1:
-            raise ValueError(f"--subsample must be in (0, 1], got {subsample}")
         k = max(1, round(subsample * len(rows)))
         keep = set(rng.sample(range(len(rows)), k))
         report.dropped["subsample"] += len(rows) - k
@@ -379,7 +407,17 @@ def prepare_openr1(
     demo_key: str = DEMO_KEY,
 ) -> PrepareReport:
     """Prepare LUFFY's OpenR1-Math-46k-8192 (hub id or a local copy in the same schema)."""
+    check_split_options(val_size, subsample)
     src_rows = load_rows(source, split=split)
+    found = set().union(*(r.keys() for r in src_rows)) if src_rows else set()
+    missing = [k for k in OPENR1_COLUMNS if k not in found]
+    if src_rows and missing:
+        raise ValueError(
+            f"{source}: not in the OpenR1 schema: column(s) {missing} not found; columns are "
+            f"{sorted(found)} (expected {list(OPENR1_COLUMNS)}). For a dataset with problem / solution / "
+            f"answer columns use `python -m prefix_rft.data prepare generic` with --problem-key / "
+            f"--solution-key / --answer-key."
+        )
     report = PrepareReport(rows_in=len(src_rows))
     rows = []
     for i, src in enumerate(tqdm(src_rows, desc="convert", unit="row", mininterval=1.0)):
@@ -422,6 +460,7 @@ def prepare_generic(
     demo_key: str = DEMO_KEY,
 ) -> PrepareReport:
     """Prepare any dataset with problem / solution / answer columns (hub id or local file)."""
+    check_split_options(val_size, subsample)
     src_rows = load_rows(source, split=split, config=config)
     if src_rows:
         missing = [k for k in (problem_key, solution_key) if k is not None and k not in src_rows[0]]
