@@ -313,18 +313,16 @@ class PrefixRFTTrainer(PPOTrainerSync):
 
     def _compute_advantage(self, batch, metrics: dict):
         self._require_fields(batch, [TOKEN_FIELD, *ROW_FIELDS])
-        rows = tq.kv_batch_get(
-            keys=batch.keys, partition_id=batch.partition_id, select_fields=list(ROW_FIELDS)
-        )
-        is_prefixed = to_rows(rows["is_prefixed"]).long()
-        with prefix_rows(is_prefixed, self.prefix_cfg.advantage):
-            batch = super()._compute_advantage(batch, metrics)
-
+        # One TransferQueue read for everything this step needs: every field exists before the advantage.
         data = tq.kv_batch_get(
             keys=batch.keys,
             partition_id=batch.partition_id,
-            select_fields=["response_mask", TOKEN_FIELD, "entropy", "rm_scores"],
+            select_fields=["response_mask", TOKEN_FIELD, "entropy", "rm_scores", *ROW_FIELDS],
         )
+        is_prefixed = to_rows(data["is_prefixed"]).long()
+        with prefix_rows(is_prefixed, self.prefix_cfg.advantage):
+            batch = super()._compute_advantage(batch, metrics)
+
         response_mask = as_nested(data["response_mask"])
         width = to_padded(response_mask).shape[1]
         resp = to_padded(response_mask, width)
@@ -362,9 +360,9 @@ class PrefixRFTTrainer(PPOTrainerSync):
                 entropy=entropy[real],
                 scores=to_padded(data["rm_scores"], width).float().sum(-1)[real],
                 is_prefixed=is_prefixed[real],
-                prefix_ratio=to_rows(rows["prefix_ratio"]).float()[real],
-                demo_missing=to_rows(rows["demo_missing"])[real],
-                demo_truncated=to_rows(rows["demo_truncated"])[real],
+                prefix_ratio=to_rows(data["prefix_ratio"]).float()[real],
+                demo_missing=to_rows(data["demo_missing"])[real],
+                demo_truncated=to_rows(data["demo_truncated"])[real],
                 bounds=ratio_bounds(self.global_steps, self.prefix_cfg.ratio),
             )
         )
