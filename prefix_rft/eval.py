@@ -14,8 +14,10 @@
 - Output: a JSON file (per benchmark: mean score, samples per problem, per-problem scores and
   predictions) and a Markdown table next to it (``.md``) laid out as the paper's results table, with
   the paper's numbers beside ours under ``--compare-paper``.
+- pass@k (``--pass-at 1,8,64,256``): the unbiased estimator of Chen et al. (2021) from the n samples
+  per problem (every k <= n), stored per benchmark and shown next to avg@n in the table.
 - Resumable: benchmarks already in the output JSON (same settings) are not generated again; the JSON
-  is rewritten after every benchmark.
+  is rewritten after every benchmark. pass@k of a finished benchmark is computed from its stored scores.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import argparse
 import glob
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -45,6 +48,12 @@ BENCH_TO_COLUMN = {
     "olympiadbench": "Olympiad",
 }
 OOD_COLUMNS = {"arc_c": "ARC-c", "gpqa_diamond": "GPQA-diamond", "mmlu_pro": "MMLU-Pro"}
+OOD_REFERENCE_7B: dict[str, tuple[list[float | None], float]] = {
+    # Qwen2.5-Math-7B, ARC-c / GPQA-diamond / MMLU-Pro average only (per-benchmark numbers not reproduced
+    # here): the verl re-run of the SFT baselines, arXiv 2604.23747
+    "SFT then RL (arXiv 2604.23747, verl)": ([None, None, None], 59.9),
+    "SRFT (arXiv 2604.23747)": ([None, None, None], 62.5),
+}
 
 PAPER_RESULTS_7B: dict[str, list[float]] = {
     # Qwen2.5-Math-7B, the paper's main table (arXiv 2507.01679 sec. 5): AIME24, AIME25, AMC, MATH500, Minerva, Olympiad
@@ -258,6 +267,74 @@ def vllm_available() -> bool:
     return torch.cuda.is_available()
 
 
+# ---------------------------------------------------------------------------- pass@k
+
+
+def _check_int(name: str, v: Any) -> None:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"pass_at_k: {name} must be an int, got {type(v).__name__} {v!r}")
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of one problem from ``n`` samples of which ``c`` are correct.
+
+    Chen et al. 2021 ("Evaluating Large Language Models Trained on Code", sec. 2.1, eq. 1):
+    ``pass@k = 1 - C(n - c, k) / C(n, k)``, the probability that at least one of k samples drawn without
+    replacement from the n is correct. Computed in the paper's numerically stable product form
+    ``1 - prod_{i = n - c + 1}^{n} (1 - k / i)`` (no huge binomials; n = 2048 is exact to float
+    precision), and ``1`` when ``n - c < k`` (every k-subset holds a correct sample). ``pass@1 = c / n``.
+    Needs ``1 <= k <= n`` and ``0 <= c <= n``.
+    """
+    for name, v in (("n", n), ("c", c), ("k", k)):
+        _check_int(name, v)
+    if n < 1:
+        raise ValueError(f"pass_at_k: n (samples per problem) must be >= 1, got {n}")
+    if not 0 <= c <= n:
+        raise ValueError(f"pass_at_k: c (correct samples) must be in [0, n={n}], got {c}")
+    if not 1 <= k <= n:
+        raise ValueError(
+            f"pass_at_k: k must be in [1, n={n}], got {k}: pass@k needs at least k samples per problem"
+        )
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def benchmark_pass_at_k(name: str, problems: list[dict], ks: list[int]) -> dict[str, float]:
+    """Mean over problems of :func:`pass_at_k` for each k, from each problem's 0/1 ``scores``.
+
+    Keys are ``str(k)`` (JSON object keys). A score other than 0 or 1 is an error naming the problem.
+    """
+    out: dict[str, float] = {}
+    counts = []
+    for p in problems:
+        scores = p["scores"]
+        bad = [s for s in scores if s not in (0, 1)]
+        if bad:
+            raise ValueError(
+                f"{name}: problem {p.get('index')} has non-0/1 scores {bad[:3]}; pass@k counts correct "
+                "samples and needs a 0/1 reward"
+            )
+        counts.append((len(scores), int(sum(scores))))
+    for k in ks:
+        vals = [pass_at_k(n, c, k) for n, c in counts]
+        out[str(k)] = sum(vals) / len(vals) if vals else 0.0
+    return out
+
+
+def parse_pass_at(text: str) -> list[int]:
+    """``"1,8,64,256"`` -> ``[1, 8, 64, 256]`` (sorted, duplicates dropped); the ``--pass-at`` parser."""
+    ks = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit() or int(part) < 1:
+            raise argparse.ArgumentTypeError(
+                f"{part!r} is not a positive integer; give a comma-separated list like 1,8,64,256"
+            )
+        ks.add(int(part))
+    return sorted(ks)
+
+
 # ---------------------------------------------------------------------------- evaluation
 
 
@@ -363,12 +440,16 @@ def evaluate(
     markdown: str | None = None,
     merged_dir: str | None = None,
     backend_kwargs: dict | None = None,
+    pass_at: list[int] | None = None,
 ) -> dict:
     """Run (or resume) an evaluation; returns the results dict also written to ``output``.
 
     ``generate``: an injected :data:`GenerateFn` (tests); by default built from ``backend``
     (``auto`` | ``vllm`` | ``hf``) on the resolved model. Benchmarks already in ``output`` with the same
     settings are skipped; a finished benchmark with different settings is an error (use another output).
+    ``pass_at``: the k of pass@k (:func:`pass_at_k`), each at most every selected benchmark's samples per
+    problem (checked before anything is generated); stored as ``pass_at_k`` per benchmark, finished
+    benchmarks included (from their stored scores, nothing regenerated).
     """
     from prefix_rft.data.contract import read_parquet_rows
 
@@ -400,6 +481,22 @@ def evaluate(
             print(f"[{name}] already in {output} (mean {done['mean']:.4f}), skipping")
             continue
         todo.append((name, n, run_settings))
+    ks = sorted(set(pass_at or []))
+    if ks:
+        for name in names:
+            done = results["benchmarks"].get(name)
+            n = int(done["n_samples"]) if done is not None else n_override or int(manifest[name]["n_samples"])
+            if ks[-1] > n:
+                where = (
+                    f"is already in {output} with n={n}; evaluate into another --output with --n {ks[-1]}"
+                    if done is not None
+                    else f"has n={n} sample(s) per problem ({'--n' if n_override else 'manifest.json'}); "
+                    f"pass --n {ks[-1]} (or more)"
+                )
+                raise ValueError(
+                    f"--pass-at {ks[-1]}: pass@k needs k <= n samples per problem, but {name} {where}, "
+                    f"or leave {name} out with --benchmarks"
+                )
     absent = [
         os.path.join(data_dir, manifest[name]["file"])
         for name, _, _ in todo
@@ -440,11 +537,17 @@ def evaluate(
                 name, rows, chat_prompts(tokenizer, rows), n, settings, generate, save_responses
             )
             summary["settings"] = run_settings
+            if ks:
+                summary["pass_at_k"] = benchmark_pass_at_k(name, summary["problems"], ks)
             results["benchmarks"][name] = summary
             _atomic_json(results, output)
             print(
                 f"[{name}] {summary['metric']} = {100 * summary['mean']:.1f} over {summary['num_problems']} problems"
             )
+    for name in names if ks else []:  # finished benchmarks: pass@k from the stored scores
+        b = results["benchmarks"][name]
+        merged = {**b.get("pass_at_k", {}), **benchmark_pass_at_k(name, b["problems"], ks)}
+        b["pass_at_k"] = dict(sorted(merged.items(), key=lambda kv: int(kv[0])))
     _atomic_json(results, output)
     md_path = markdown or os.path.splitext(output)[0] + ".md"
     with open(md_path, "w") as f:
@@ -459,46 +562,59 @@ def _fmt(x: float | None) -> str:
     return "—" if x is None else f"{x:.1f}"
 
 
-def render_markdown(results: dict, compare_paper: bool = False) -> str:
-    """The paper's results-table layout (arXiv 2507.01679 sec. 5), scores in %, our row first."""
-    bench = results["benchmarks"]
-    label = os.path.basename(str(results.get("model", "model")).rstrip("/")) or "model"
-    ours = {BENCH_TO_COLUMN[b]: 100 * v["mean"] for b, v in bench.items() if b in BENCH_TO_COLUMN}
-    vals = [ours.get(c) for c in PAPER_COLUMNS]
+def _results_table(
+    label: str,
+    columns: list[str],
+    ours: dict[str, float],
+    reference: dict[str, tuple[list[float | None], float | None]] | None = None,
+) -> list[str]:
+    """One table in the layout of the paper's results table: ``| method | <columns> | avg |``, our row
+    first (the average over the columns we have, noted ``(k/N sets)`` when some are missing), then the
+    reference rows ``{method: (values, avg)}``."""
+    vals = [ours.get(c) for c in columns]
     present = [v for v in vals if v is not None]
     avg = sum(present) / len(present) if present else None
-    avg_note = "" if len(present) == len(PAPER_COLUMNS) else f" ({len(present)}/{len(PAPER_COLUMNS)} sets)"
+    note = "" if len(present) == len(columns) else f" ({len(present)}/{len(columns)} sets)"
+    lines = ["| method | " + " | ".join(columns) + " | avg |", "|---" * (len(columns) + 2) + "|"]
+    lines.append(f"| **{label} (ours)** | " + " | ".join(_fmt(v) for v in vals) + f" | {_fmt(avg)}{note} |")
+    for method, (row, row_avg) in (reference or {}).items():
+        lines.append(f"| {method} | " + " | ".join(_fmt(v) for v in row) + f" | {_fmt(row_avg)} |")
+    return lines
+
+
+def render_markdown(results: dict, compare_paper: bool = False) -> str:
+    """The paper's results-table layout (arXiv 2507.01679 sec. 5), scores in %, our row first.
+
+    Three tables: the six math benchmarks (with the paper's Qwen2.5-Math-7B rows under
+    ``compare_paper``), the out-of-distribution sets ARC-c / GPQA-diamond / MMLU-Pro in the same layout
+    (with the reference averages of :data:`OOD_REFERENCE_7B` under ``compare_paper``), and one row per
+    benchmark: its metric (avg@n), problems, score and every stored pass@k.
+    """
+    bench = results["benchmarks"]
+    label = os.path.basename(str(results.get("model", "model")).rstrip("/")) or "model"
     lines = [f"# Evaluation: {results.get('model')}", ""]
-    lines.append("| method | " + " | ".join(PAPER_COLUMNS) + " | avg |")
-    lines.append("|---" * (len(PAPER_COLUMNS) + 2) + "|")
-    lines.append(
-        f"| **{label} (ours)** | " + " | ".join(_fmt(v) for v in vals) + f" | {_fmt(avg)}{avg_note} |"
+    ours = {BENCH_TO_COLUMN[b]: 100 * v["mean"] for b, v in bench.items() if b in BENCH_TO_COLUMN}
+    paper = (
+        {f"{m} (paper, Qwen2.5-Math-7B)": (row, PAPER_AVG_7B[m]) for m, row in PAPER_RESULTS_7B.items()}
+        if compare_paper
+        else None
     )
-    if compare_paper:
-        for method, row in PAPER_RESULTS_7B.items():
-            lines.append(
-                f"| {method} (paper, Qwen2.5-Math-7B) | "
-                + " | ".join(_fmt(v) for v in row)
-                + f" | {_fmt(PAPER_AVG_7B[method])} |"
-            )
+    lines += _results_table(label, PAPER_COLUMNS, ours, paper)
     ood = {OOD_COLUMNS[b]: 100 * v["mean"] for b, v in bench.items() if b in OOD_COLUMNS}
     if ood:
-        cols = list(OOD_COLUMNS.values())
-        ood_vals = [ood.get(c) for c in cols]
-        got = [v for v in ood_vals if v is not None]
-        lines += [
-            "",
-            "Out of distribution:",
-            "",
-            "| method | " + " | ".join(cols) + " | avg |",
-            "|---" * (len(cols) + 2) + "|",
-            f"| **{label} (ours)** | "
-            + " | ".join(_fmt(v) for v in ood_vals)
-            + f" | {_fmt(sum(got) / len(got))} |",
-        ]
-    lines += ["", "| benchmark | metric | problems | score |", "|---|---|---|---|"]
+        ref = OOD_REFERENCE_7B if compare_paper else None
+        lines += ["", "Out of distribution:", ""] + _results_table(
+            label, list(OOD_COLUMNS.values()), ood, ref
+        )
+    ks = sorted({int(k) for v in bench.values() for k in v.get("pass_at_k", {})})
+    head = "| benchmark | metric | problems | score |" + "".join(f" pass@{k} |" for k in ks)
+    lines += ["", head, "|---" * (4 + len(ks)) + "|"]
     for b, v in bench.items():
-        lines.append(f"| {b} | {v['metric']} | {v['num_problems']} | {100 * v['mean']:.1f} |")
+        pk = v.get("pass_at_k", {})
+        lines.append(
+            f"| {b} | {v['metric']} | {v['num_problems']} | {100 * v['mean']:.1f} |"
+            + "".join(f" {_fmt(100 * pk[str(k)] if str(k) in pk else None)} |" for k in ks)
+        )
     if bench:
         s = next(iter(bench.values()))["settings"]
         lines += [
@@ -506,6 +622,11 @@ def render_markdown(results: dict, compare_paper: bool = False) -> str:
             f"Sampling: temperature {s['temperature']}, top-p {s['top_p']}, max {s['max_tokens']} "
             f"tokens, seed {s['seed']}" + (f", first {s['limit']} problems" if s.get("limit") else ""),
         ]
+        if ks:
+            lines.append(
+                "pass@k: the unbiased estimator of Chen et al. (2021) from each benchmark's n samples "
+                "per problem; avg@n is the score column (= pass@1)."
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -539,6 +660,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the manifest's, avg@32 for AIME/AMC, 1 otherwise)",
     )
     p.add_argument("--limit", type=int, default=None, help="only the first K problems of each benchmark")
+    p.add_argument(
+        "--pass-at",
+        type=parse_pass_at,
+        default=None,
+        metavar="K1,K2,...",
+        help="also report pass@k (unbiased estimator) for these k, e.g. 1,8,64,256; every k <= the "
+        "samples per problem (raise it with --n). Finished benchmarks get it from their stored scores",
+    )
     p.add_argument("--compare-paper", action="store_true", help="add the paper's 7B numbers to the table")
     p.add_argument("--save-responses", action="store_true", help="keep every generated text in the JSON")
     p.add_argument("--markdown", default=None, help="table path. Default: OUTPUT with .md")
@@ -582,6 +711,7 @@ def main(argv: list[str] | None = None) -> int:
             markdown=args.markdown,
             merged_dir=args.merged_dir,
             backend_kwargs=backend_kwargs,
+            pass_at=args.pass_at,
         )
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -60,6 +60,9 @@ _BOX_COMMANDS = ("\\boxed", "\\fbox")
 _DIGIT_RUN = re.compile(r"\d{" + str(MAX_NUMBER_DIGITS + 1) + ",}")
 _EXPONENT = re.compile(r"(?:\^|\*\*)\s*(\{)?\s*([-+]?\d+)")
 _LETTER = re.compile(r"^\(?([A-J])\)?(?:[.:)\s]|$)")
+_LONE_LOWER_LETTER = re.compile(r"^\(?([a-j])\)?$")
+_CHOICE_PREFIX = re.compile(r"^(?:the\s+)?(?:answer|option|choice)(?:\s+is)?\s*[:=]?\s*", re.IGNORECASE)
+_HEDGE = re.compile(r"^\(?[A-Ja-j]\)?\s*(?:,|;|/|&|\\&|\band\b|\bor\b)\s*\(?[A-Ja-j]\)?(?:[.:),;\s]|$)")
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
 
 
@@ -232,10 +235,20 @@ def _normalise(s: str) -> str:
 
 
 def choice_letter(content: str) -> str | None:
-    """The option letter (A-J) of a boxed multiple-choice answer: ``A``, ``(B)``, ``\\text{C}``, ``D. text``."""
+    """The option letter (A-J) of a boxed multiple-choice answer, else None.
+
+    Read as ``C``: ``C``, ``(C)``, ``\\text{C}``, ``{C}``, ``C. option text``, ``C) text``, ``C: text``,
+    ``Option C``, ``Answer: C`` and a lone lower-case ``c`` / ``(c)``. Hedges naming two letters
+    (``C and D``, ``(C) or (D)``, ``C, D``) and anything else read as no letter (score 0).
+    """
     s = _TEXT_WRAPPER.sub(r"\1", content).strip().strip("$").strip()
-    m = _LETTER.match(s)
-    return m.group(1) if m else None
+    while len(s) >= 2 and s[0] == "{" and s[-1] == "}":
+        s = s[1:-1].strip()
+    s = _CHOICE_PREFIX.sub("", s, count=1)
+    if _HEDGE.match(s):
+        return None
+    m = _LETTER.match(s) or _LONE_LOWER_LETTER.match(s)
+    return m.group(1).upper() if m else None
 
 
 def _gold_answer(ground_truth: Any) -> str:
