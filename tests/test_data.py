@@ -349,6 +349,57 @@ def test_eval_sets_skip_bad_rows_and_report_failures(tmp_path, offline_hub):
         prepare_eval(str(tmp_path / "e"), benchmarks=["nope"])
 
 
+def test_ood_gold_letter_points_at_the_sources_correct_option(tmp_path, capsys):
+    """Every OOD row: the prompt lists the source's options as ``A. ...`` lines in order (ARC-c, MMLU-Pro)
+    or shuffled (GPQA), and the ground-truth letter's line is the source's correct answer."""
+    from prefix_rft.data.sources import read_local
+
+    prepare_eval(str(tmp_path / "e"), local_dir=EVAL_DIR, benchmarks=["arc_c", "gpqa_diamond", "mmlu_pro"])
+
+    def lines(row):
+        return [x for x in row["prompt"][0]["content"].split("\n") if len(x) > 2 and x[1:3] == ". "]
+
+    for name in ("arc_c", "gpqa_diamond", "mmlu_pro"):
+        src = read_local(os.path.join(EVAL_DIR, f"{name}.jsonl"))
+        rows = read_parquet_rows(str(tmp_path / "e" / f"{name}.parquet"))
+        for s, r in zip(src, rows, strict=True):
+            gold = r["reward_model"]["ground_truth"]
+            opts = lines(r)
+            if name == "arc_c":
+                texts, correct = (
+                    s["choices"]["text"],
+                    s["choices"]["text"][s["choices"]["label"].index(s["answerKey"])],
+                )
+            elif name == "mmlu_pro":
+                texts, correct = s["options"], s["options"][s["answer_index"]]
+            else:
+                texts = [s["Correct Answer"]] + [s[f"Incorrect Answer {k}"] for k in (1, 2, 3)]
+                correct = s["Correct Answer"]
+            assert [o[:1] for o in opts] == list("ABCDEFGHIJ"[: len(texts)])
+            assert sorted(o[3:] for o in opts) == sorted(texts)
+            if name != "gpqa_diamond":
+                assert [o[3:] for o in opts] == texts  # source order kept
+            assert f"{gold}. {correct}" in opts
+            assert compute_score(name, f"\\boxed{{{gold}}}", gold, r["extra_info"])["score"] == 1.0
+
+    # MMLU-Pro's ten options reach J; an answer that disagrees with answer_index is skipped, not guessed
+    local = tmp_path / "local"
+    local.mkdir()
+    ten = {
+        "question": "Pick the last.",
+        "options": [str(i) for i in range(10)],
+        "answer": "J",
+        "answer_index": 9,
+    }
+    clash = {**ten, "answer": "I"}
+    (local / "mmlu_pro.jsonl").write_text(json.dumps(ten) + "\n" + json.dumps(clash) + "\n")
+    manifest = prepare_eval(str(tmp_path / "e3"), local_dir=str(local), benchmarks=["mmlu_pro"])
+    assert manifest["mmlu_pro"]["rows"] == 1 and manifest["mmlu_pro"]["skipped"] == 1
+    assert "skipped source row 1: answer 'I' disagrees with answer_index 9 (0 = A)" in capsys.readouterr().out
+    row = read_parquet_rows(str(tmp_path / "e3" / "mmlu_pro.parquet"))[0]
+    assert row["reward_model"]["ground_truth"] == "J" and "\nJ. 9\n" in row["prompt"][0]["content"]
+
+
 def test_cli_end_to_end(tmp_path, capsys, openr1_parquet):
     assert (
         data_main(

@@ -178,6 +178,9 @@ def _mmlu_pro(src: Mapping) -> tuple[str, str, dict]:
     answer = _text(src.get("answer"), "answer").upper()
     if answer not in LETTERS[: len(options)]:
         raise EvalRowError(f"answer {answer!r} is not one of the {len(options)} option letters")
+    index = src.get("answer_index")
+    if isinstance(index, int) and not isinstance(index, bool) and LETTERS.find(answer) != index:
+        raise EvalRowError(f"answer {answer!r} disagrees with answer_index {index} (0 = A)")
     return _mc_prompt(question, options), answer, {"answer_type": "multiple_choice"}
 
 
