@@ -13,7 +13,8 @@
 - Scoring: :func:`prefix_rft.reward.compute_score` (math-verify on the last ``\\boxed{}``).
 - Output: a JSON file (per benchmark: mean score, samples per problem, per-problem scores and
   predictions) and a Markdown table next to it (``.md``) laid out as the paper's results table, with
-  the paper's numbers beside ours under ``--compare-paper``.
+  the paper's numbers beside ours under ``--compare-paper``; the OOD sets (ARC-c, GPQA-diamond,
+  MMLU-Pro) in a second table of the same layout.
 - pass@k (``--pass-at 1,8,64,256``): the unbiased estimator of Chen et al. (2021) from the n samples
   per problem (every k <= n), stored per benchmark and shown next to avg@n in the table.
 - Resumable: benchmarks already in the output JSON (same settings) are not generated again; the JSON
