@@ -18,7 +18,9 @@ Decisions (for the trainer engineer):
   workers with it. Nothing is added to ``actor_rollout_ref.actor`` (no PolicyLossConfig subclass,
   no yaml duplication); every verl actor knob (clip ratios, ``clip_ratio_c``, ``loss_agg_mode``,
   ``entropy_coeff``, ``use_kl_loss``, ``kl_loss_type``/``coef``, ``loss_scale_factor``) is read from the
-  actor config exactly as ``ppo_loss`` does.
+  actor config exactly as ``ppo_loss`` does. One addition: ``loss_agg_mode=seq-mean-token-sum-norm`` (the
+  recipe's Dr.GRPO default) is refused without an explicit ``loss_scale_factor``
+  (:func:`check_loss_scale_factor`), because verl would fall back to the micro-batch's padded width.
 
 * Fields read from ``data`` (jagged per-token tensors, padded with ``to_padded_tensor()`` like
   ``response_mask``): ``prefix_mask`` (written by the agent loop) and ``prefix_keep_mask`` (written by
@@ -79,6 +81,22 @@ def make_prefix_rft_loss_fn(actor_config: Any, prefix_config: PrefixRFTConfig) -
     return functools.partial(prefix_rft_ppo_loss, config=actor_config, prefix_config=prefix_config)
 
 
+def check_loss_scale_factor(config: Any) -> None:
+    """Dr.GRPO's constant normaliser must be a constant: refuse ``seq-mean-token-sum-norm`` without one.
+
+    verl's ``agg_loss`` divides by ``loss_scale_factor`` in that mode and, when it is None, by the padded
+    width of the micro-batch it is given. Under dynamic batching that width changes from micro-batch to
+    micro-batch, so the step is no longer the whole batch's loss (and not Dr.GRPO's objective).
+    """
+    if config.loss_agg_mode == "seq-mean-token-sum-norm" and config.loss_scale_factor is None:
+        raise ValueError(
+            "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum-norm needs a constant "
+            "actor_rollout_ref.actor.loss_scale_factor (left null, verl divides by each micro-batch's padded "
+            "width). Fix: actor_rollout_ref.actor.loss_scale_factor=${data.max_response_length} (the "
+            "recipe yaml's default), or loss_agg_mode=token-mean"
+        )
+
+
 def _clip_params(config: Any) -> tuple[float, float, float]:
     """Clip ratios exactly as verl's ``compute_policy_loss_vanilla`` reads them."""
     clip_ratio = config.clip_ratio
@@ -111,6 +129,7 @@ def prefix_rft_ppo_loss(
     Returns:
         ``(loss, metrics)`` as ``ppo_loss``.
     """
+    check_loss_scale_factor(config)
     if "prefix_mask" not in data.keys():
         if prefix_config is not None and prefix_config.num_prefixed > 0:
             raise ValueError(

@@ -154,7 +154,9 @@ def aggregate_loss(
     - ``token-mean``: sum over tokens / global token count (* dp_size);
     - ``token-sum``: sum over tokens (* dp_size);
     - ``seq-mean-token-sum``: per-sequence token sum, averaged over (non-empty) sequences;
-    - ``seq-mean-token-sum-norm``: the same divided by ``loss_scale_factor`` (default: T);
+    - ``seq-mean-token-sum-norm``: the same divided by the constant ``loss_scale_factor`` (Dr.GRPO; the
+      recipe sets it to ``data.max_response_length``). Required here: verl's fallback, the padded width
+      ``T`` of the given micro-batch, is not a constant under dynamic batching;
     - ``seq-mean-token-mean``: per-sequence token mean, averaged over (non-empty) sequences.
     """
     mask = loss_mask.to(loss_mat.dtype)
@@ -179,7 +181,9 @@ def aggregate_loss(
             global_batch_size = seq_mask.sum()
         loss = (seq * seq_mask).sum() / global_batch_size * dp_size
         if loss_agg_mode == "seq-mean-token-sum-norm":
-            loss = loss / (loss_scale_factor if loss_scale_factor is not None else loss_mask.shape[-1])
+            if loss_scale_factor is None:  # verl would use the padded width: not a constant under dynamic bsz
+                raise ValueError("seq-mean-token-sum-norm needs loss_scale_factor (the response budget)")
+            loss = loss / loss_scale_factor
         return loss
     raise ValueError(
         f"invalid loss_agg_mode {loss_agg_mode!r}; expected token-mean, token-sum, seq-mean-token-sum, "
