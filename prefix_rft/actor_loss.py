@@ -68,7 +68,7 @@ from verl.workers.utils.padding import no_padding_2_padding
 
 from prefix_rft.config import PrefixRFTConfig
 from prefix_rft.core.entropy import select_top_entropy
-from prefix_rft.core.loss import entropy_loss_mask, prefix_rft_token_loss
+from prefix_rft.core.loss import aggregation_mask, entropy_loss_mask, prefix_rft_token_loss
 
 
 def make_prefix_rft_loss_fn(actor_config: Any, prefix_config: PrefixRFTConfig) -> functools.partial:
@@ -220,9 +220,13 @@ def prefix_rft_ppo_loss(
         luffy_gamma=lcfg.luffy_gamma,
         sft_coef=lcfg.sft_coef,
         rollout_is_weights=data.get("rollout_is_weights", None),
+        prefix_clip=lcfg.resolved_prefix_clip(),
+        prefix_tokens=lcfg.prefix_tokens,
     )
+    # prefix_tokens=exclude: demo tokens leave every aggregation mask (PPO, entropy, KL)
+    agg_mask = aggregation_mask(response_mask, prefix_mask, lcfg.prefix_tokens)
     pg_loss = agg_loss(
-        loss_mat=loss_mat, loss_mask=response_mask, loss_agg_mode=loss_agg_mode, **config.global_batch_info
+        loss_mat=loss_mat, loss_mask=agg_mask, loss_agg_mode=loss_agg_mode, **config.global_batch_info
     )
 
     prefix_frac = core_metrics["prefix_token_frac"]
@@ -252,9 +256,10 @@ def prefix_rft_ppo_loss(
     policy_loss = pg_loss
 
     if entropy is not None:
-        entropy_mask = entropy_loss_mask(
-            response_mask.long(), prefix_mask.long(), lcfg.entropy_bonus_on_prefix
-        ).bool()
+        entropy_mask = (
+            entropy_loss_mask(response_mask.long(), prefix_mask.long(), lcfg.entropy_bonus_on_prefix).bool()
+            & agg_mask
+        )
         entropy_loss = agg_loss(
             loss_mat=entropy, loss_mask=entropy_mask, loss_agg_mode=loss_agg_mode, **config.global_batch_info
         )
@@ -266,7 +271,7 @@ def prefix_rft_ppo_loss(
             raise ValueError("actor_rollout_ref.actor.use_kl_loss=true but the batch has no ref_log_prob")
         kld = kl_penalty(logprob=log_prob, ref_logprob=data["ref_log_prob"], kl_penalty=config.kl_loss_type)
         kl_loss = agg_loss(
-            loss_mat=kld, loss_mask=response_mask, loss_agg_mode=loss_agg_mode, **config.global_batch_info
+            loss_mat=kld, loss_mask=agg_mask, loss_agg_mode=loss_agg_mode, **config.global_batch_info
         )
         policy_loss = policy_loss + kl_loss * config.kl_loss_coef
         metrics["kl_loss"] = Metric(value=kl_loss, aggregation=metric_aggregation)

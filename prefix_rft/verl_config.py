@@ -150,6 +150,15 @@ def validate_verl_config(cfg: Any) -> PrefixRFTConfig:
                 "it must be a positive integer (the response budget in tokens)",
                 "actor_rollout_ref.actor.loss_scale_factor=${data.max_response_length}",
             )
+    if pcfg.loss.prefix_tokens == "exclude" and agg_mode != "seq-mean-token-sum-norm":
+        _fail(
+            "actor_rollout_ref.actor.loss_agg_mode",
+            agg_mode,
+            "prefix_rft.loss.prefix_tokens=exclude removes demo tokens from the denominator, which only "
+            "seq-mean-token-sum-norm (a constant per response) honours exactly; under token-mean verl's "
+            "engine counts them in batch_num_tokens",
+            "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum-norm (the recipe default)",
+        )
     if pcfg.num_prefixed > 0:
         loss_mode = _select(cfg, "actor_rollout_ref.actor.policy_loss.loss_mode", "vanilla")
         if loss_mode != "vanilla":
