@@ -18,7 +18,9 @@ Decisions (for the trainer engineer):
   workers with it. Nothing is added to ``actor_rollout_ref.actor`` (no PolicyLossConfig subclass,
   no yaml duplication); every verl actor knob (clip ratios, ``clip_ratio_c``, ``loss_agg_mode``,
   ``entropy_coeff``, ``use_kl_loss``, ``kl_loss_type``/``coef``, ``loss_scale_factor``) is read from the
-  actor config exactly as ``ppo_loss`` does.
+  actor config exactly as ``ppo_loss`` does. One addition: ``loss_agg_mode=seq-mean-token-sum-norm`` (the
+  recipe's Dr.GRPO default) is refused without an explicit ``loss_scale_factor``
+  (:func:`check_loss_scale_factor`), because verl would fall back to the micro-batch's padded width.
 
 * Fields read from ``data`` (jagged per-token tensors, padded with ``to_padded_tensor()`` like
   ``response_mask``): ``prefix_mask`` (written by the agent loop) and ``prefix_keep_mask`` (written by
@@ -66,7 +68,7 @@ from verl.workers.utils.padding import no_padding_2_padding
 
 from prefix_rft.config import PrefixRFTConfig
 from prefix_rft.core.entropy import select_top_entropy
-from prefix_rft.core.loss import entropy_loss_mask, prefix_rft_token_loss
+from prefix_rft.core.loss import aggregation_mask, entropy_loss_mask, prefix_rft_token_loss
 
 
 def make_prefix_rft_loss_fn(actor_config: Any, prefix_config: PrefixRFTConfig) -> functools.partial:
@@ -77,6 +79,22 @@ def make_prefix_rft_loss_fn(actor_config: Any, prefix_config: PrefixRFTConfig) -
             "prefix_rft.config.from_dict(config.prefix_rft, rollout_n)"
         )
     return functools.partial(prefix_rft_ppo_loss, config=actor_config, prefix_config=prefix_config)
+
+
+def check_loss_scale_factor(config: Any) -> None:
+    """Dr.GRPO's constant normaliser must be a constant: refuse ``seq-mean-token-sum-norm`` without one.
+
+    verl's ``agg_loss`` divides by ``loss_scale_factor`` in that mode and, when it is None, by the padded
+    width of the micro-batch it is given. Under dynamic batching that width changes from micro-batch to
+    micro-batch, so the step is no longer the whole batch's loss (and not Dr.GRPO's objective).
+    """
+    if config.loss_agg_mode == "seq-mean-token-sum-norm" and config.loss_scale_factor is None:
+        raise ValueError(
+            "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum-norm needs a constant "
+            "actor_rollout_ref.actor.loss_scale_factor (left null, verl divides by each micro-batch's padded "
+            "width). Fix: actor_rollout_ref.actor.loss_scale_factor=${data.max_response_length} (the "
+            "recipe yaml's default), or loss_agg_mode=token-mean"
+        )
 
 
 def _clip_params(config: Any) -> tuple[float, float, float]:
@@ -111,6 +129,7 @@ def prefix_rft_ppo_loss(
     Returns:
         ``(loss, metrics)`` as ``ppo_loss``.
     """
+    check_loss_scale_factor(config)
     if "prefix_mask" not in data.keys():
         if prefix_config is not None and prefix_config.num_prefixed > 0:
             raise ValueError(
@@ -201,9 +220,13 @@ def prefix_rft_ppo_loss(
         luffy_gamma=lcfg.luffy_gamma,
         sft_coef=lcfg.sft_coef,
         rollout_is_weights=data.get("rollout_is_weights", None),
+        prefix_clip=lcfg.resolved_prefix_clip(),
+        prefix_tokens=lcfg.prefix_tokens,
     )
+    # prefix_tokens=exclude: demo tokens leave every aggregation mask (PPO, entropy, KL)
+    agg_mask = aggregation_mask(response_mask, prefix_mask, lcfg.prefix_tokens)
     pg_loss = agg_loss(
-        loss_mat=loss_mat, loss_mask=response_mask, loss_agg_mode=loss_agg_mode, **config.global_batch_info
+        loss_mat=loss_mat, loss_mask=agg_mask, loss_agg_mode=loss_agg_mode, **config.global_batch_info
     )
 
     prefix_frac = core_metrics["prefix_token_frac"]
@@ -233,9 +256,10 @@ def prefix_rft_ppo_loss(
     policy_loss = pg_loss
 
     if entropy is not None:
-        entropy_mask = entropy_loss_mask(
-            response_mask.long(), prefix_mask.long(), lcfg.entropy_bonus_on_prefix
-        ).bool()
+        entropy_mask = (
+            entropy_loss_mask(response_mask.long(), prefix_mask.long(), lcfg.entropy_bonus_on_prefix).bool()
+            & agg_mask
+        )
         entropy_loss = agg_loss(
             loss_mat=entropy, loss_mask=entropy_mask, loss_agg_mode=loss_agg_mode, **config.global_batch_info
         )
@@ -247,7 +271,7 @@ def prefix_rft_ppo_loss(
             raise ValueError("actor_rollout_ref.actor.use_kl_loss=true but the batch has no ref_log_prob")
         kld = kl_penalty(logprob=log_prob, ref_logprob=data["ref_log_prob"], kl_penalty=config.kl_loss_type)
         kl_loss = agg_loss(
-            loss_mat=kld, loss_mask=response_mask, loss_agg_mode=loss_agg_mode, **config.global_batch_info
+            loss_mat=kld, loss_mask=agg_mask, loss_agg_mode=loss_agg_mode, **config.global_batch_info
         )
         policy_loss = policy_loss + kl_loss * config.kl_loss_coef
         metrics["kl_loss"] = Metric(value=kl_loss, aggregation=metric_aggregation)

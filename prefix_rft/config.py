@@ -19,6 +19,7 @@ SAMPLERS = ("uniform", "beta")
 ENTROPY_SCOPES = ("mini_batch", "batch", "micro_batch")
 IS_MODES = ("ppo", "behavior_one", "luffy")
 ADV_MODES = ("group", "prefix_aware")
+PREFIX_TOKEN_MODES = ("train", "freeze", "exclude")
 
 
 class PrefixRFTConfigError(ValueError):
@@ -85,12 +86,27 @@ class PrefixLossConfig:
         luffy_gamma: gamma of the LUFFY shaping. Default 0.1.
         sft_coef: weight of an extra NLL term on kept prefix tokens (UFT-style ablation). Default 0.0.
         entropy_bonus_on_prefix: include prefix tokens in the entropy bonus. Default false.
+        prefix_clip: PPO-clip the demo-token terms (the authors' ``enable_clip``), orthogonal to
+            ``is_mode``. Default null: resolved per mode, clipped for ``ppo`` (paper), unclipped for
+            ``behavior_one`` and ``luffy`` (as LUFFY). See :meth:`resolved_prefix_clip`.
+        prefix_tokens: ``train`` (default: demo tokens get the policy-gradient term), ``freeze`` (no
+            policy gradient, still in the loss denominator: the paper's "freeze the prefix" ablation) or
+            ``exclude`` (no policy gradient and out of every aggregation mask: "exclude the prefix from
+            the loss"). The ``sft_coef`` term is added in every mode (``exclude`` refuses it).
     """
 
     is_mode: str = "ppo"
     luffy_gamma: float = 0.1
     sft_coef: float = 0.0
     entropy_bonus_on_prefix: bool = False
+    prefix_clip: bool | None = None
+    prefix_tokens: str = "train"
+
+    def resolved_prefix_clip(self) -> bool:
+        """``prefix_clip`` with its null default resolved per ``is_mode`` (one home: the core loss)."""
+        from prefix_rft.core.loss import resolve_prefix_clip
+
+        return resolve_prefix_clip(self.is_mode, self.prefix_clip)
 
 
 @dataclass
@@ -199,6 +215,24 @@ class PrefixRFTConfig:
             "loss.entropy_bonus_on_prefix",
             lo.entropy_bonus_on_prefix,
             "true or false",
+        )
+        _check(
+            lo.prefix_clip is None or isinstance(lo.prefix_clip, bool),
+            "loss.prefix_clip",
+            lo.prefix_clip,
+            "null (per is_mode: true for ppo, false for behavior_one/luffy), true or false",
+        )
+        _check(
+            lo.prefix_tokens in PREFIX_TOKEN_MODES,
+            "loss.prefix_tokens",
+            lo.prefix_tokens,
+            f"one of {PREFIX_TOKEN_MODES}",
+        )
+        _check(
+            not (lo.prefix_tokens == "exclude" and lo.sft_coef),
+            "loss.sft_coef",
+            lo.sft_coef,
+            "0 with loss.prefix_tokens=exclude (excluded demo tokens carry no term; use prefix_tokens=freeze)",
         )
         _check(a.mode in ADV_MODES, "advantage.mode", a.mode, f"one of {ADV_MODES}")
         _check(isinstance(a.norm_by_std, bool), "advantage.norm_by_std", a.norm_by_std, "true or false")

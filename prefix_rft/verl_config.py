@@ -57,6 +57,8 @@ def validate_verl_config(cfg: Any) -> PrefixRFTConfig:
       * with demo prefixes (``num_prefixed > 0``): ``algorithm.adv_estimator=prefix_rft``, the
         ``prefix_rft_agent`` agent loop, and no rollout-correction bypass mode (demo tokens have no
         rollout log-prob, and bypass mode skips the old-policy entropy that entropy clipping ranks by);
+      * ``loss_agg_mode=seq-mean-token-sum-norm`` (Dr.GRPO, the recipe default) needs an explicit
+        positive ``actor.loss_scale_factor`` (never the padded width of a dynamic micro-batch);
       * entropy clipping per mini-batch needs fixed mini-batches across PPO epochs (no shuffling when
         ``ppo_epochs > 1``); per micro-batch it needs the current-policy entropy in the actor.
     """
@@ -130,6 +132,33 @@ def validate_verl_config(cfg: Any) -> PrefixRFTConfig:
                     "entropy_clip.scope=micro_batch ranks by the current policy's entropy inside the loss",
                     "actor_rollout_ref.actor.calculate_entropy=true",
                 )
+    agg_mode = _select(cfg, "actor_rollout_ref.actor.loss_agg_mode", "token-mean")
+    scale = _select(cfg, "actor_rollout_ref.actor.loss_scale_factor")
+    if agg_mode == "seq-mean-token-sum-norm":
+        if scale is None:
+            _fail(
+                "actor_rollout_ref.actor.loss_scale_factor",
+                scale,
+                "seq-mean-token-sum-norm (Dr.GRPO) divides by a constant; left null, verl divides by the "
+                "padded width of each dynamic micro-batch instead",
+                "actor_rollout_ref.actor.loss_scale_factor=${data.max_response_length}",
+            )
+        if isinstance(scale, bool) or not isinstance(scale, int) or scale <= 0:
+            _fail(
+                "actor_rollout_ref.actor.loss_scale_factor",
+                scale,
+                "it must be a positive integer (the response budget in tokens)",
+                "actor_rollout_ref.actor.loss_scale_factor=${data.max_response_length}",
+            )
+    if pcfg.loss.prefix_tokens == "exclude" and agg_mode != "seq-mean-token-sum-norm":
+        _fail(
+            "actor_rollout_ref.actor.loss_agg_mode",
+            agg_mode,
+            "prefix_rft.loss.prefix_tokens=exclude removes demo tokens from the denominator, which only "
+            "seq-mean-token-sum-norm (a constant per response) honours exactly; under token-mean verl's "
+            "engine counts them in batch_num_tokens",
+            "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum-norm (the recipe default)",
+        )
     if pcfg.num_prefixed > 0:
         loss_mode = _select(cfg, "actor_rollout_ref.actor.policy_loss.loss_mode", "vanilla")
         if loss_mode != "vanilla":

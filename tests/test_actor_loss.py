@@ -76,6 +76,7 @@ def build_batch(samples, *, resp_lp=None, entropy=None, global_info=True, extra=
         "entropy": torch.nested.nested_tensor_from_jagged(torch.cat(ent_rows), offsets),
     }
     tensors = {
+        "input_ids": _nested([[7] * s["plen"] + [9] * len(s["lp"]) for s in samples], torch.int64),
         "prompts": _nested([[7] * s["plen"] for s in samples], torch.int64),
         "responses": _nested([[9] * len(s["lp"]) for s in samples], torch.int64),
         "response_mask": _nested([s["mask"] for s in samples], torch.int64),
@@ -235,6 +236,83 @@ def test_micro_batches_sum_to_the_whole_batch(mode):
     assert total.item() == pytest.approx(whole.item(), rel=1e-9, abs=1e-12)
 
 
+@pytest.mark.parametrize("mode", ["seq-mean-token-sum-norm", "token-mean"])
+def test_dynamic_micro_batches_on_two_dp_ranks_give_the_whole_batch_loss_and_gradient(mode):
+    """Dr.GRPO's normaliser under dynamic batching and dp = 2, with the counts verl's engine passes.
+
+    Each rank holds half the mini-batch; verl's FSDP engine all-reduces the token count
+    (``batch_num_tokens``), sets ``dp_size`` and passes the trainer's ``global_batch_size`` (mini-batch rows
+    over all ranks); ``prepare_micro_batches`` packs each rank's rows by token count. DDP averages the
+    ranks' gradients, so the mean over ranks of the summed micro-batch losses must be the dp=1 loss.
+    """
+    samples = random_samples(8, seed=17)
+    cfg = actor_config(loss_agg_mode=mode, loss_scale_factor=12, use_kl_loss=True, entropy_coeff=0.01)
+    pcfg = prefix_config(is_mode="ppo", sft_coef=0.1)
+    mo, data, lp_whole, ent_whole = build_batch(samples)
+    whole, _ = prefix_rft_ppo_loss(cfg, mo, data, prefix_config=pcfg)
+    whole.backward()
+
+    _, _, resp_lp, entropy = build_batch(samples)
+    n_tokens = sum(sum(s["mask"]) for s in samples)
+    per_rank, widths = [], set()
+    for rank in range(2):
+        rows = list(range(rank * 4, rank * 4 + 4))
+        _, rank_data, _, _ = build_batch([samples[i] for i in rows])
+        tu.assign_non_tensor(
+            rank_data,
+            dp_size=2,
+            batch_num_tokens=n_tokens,
+            global_batch_size=len(samples),
+            use_dynamic_bsz=True,
+        )
+        tu.assign_non_tensor(rank_data, max_token_len_per_gpu=14)
+        micro_batches, index = prepare_micro_batches(rank_data)
+        assert len(micro_batches) >= 2
+        rank_loss = 0.0
+        for mb, idx in zip(micro_batches, index, strict=True):
+            part = [rows[i] for i in idx]
+            mo_k, _, _, _ = build_batch(
+                [samples[i] for i in part], resp_lp=resp_lp[part], entropy=entropy[part]
+            )
+            widths.add(max(len(samples[i]["lp"]) for i in part))
+            loss_k, _ = prefix_rft_ppo_loss(cfg, mo_k, mb, prefix_config=pcfg)
+            rank_loss = rank_loss + loss_k
+        per_rank.append(rank_loss)
+    assert len(widths) > 1  # the micro-batches have different padded widths
+    averaged = (per_rank[0] + per_rank[1]) / 2  # DDP's gradient all-reduce averages over ranks
+    assert averaged.item() == pytest.approx(whole.item(), rel=1e-9, abs=1e-12)
+    averaged.backward()
+    torch.testing.assert_close(resp_lp.grad, lp_whole.grad, atol=1e-12, rtol=1e-9)
+    torch.testing.assert_close(entropy.grad, ent_whole.grad, atol=1e-12, rtol=1e-9)
+
+
+def test_dr_grpo_normaliser_is_the_constant_not_the_token_count():
+    """seq-mean-token-sum-norm: sum each response's token losses, average over responses, divide by 12."""
+    sample = dict(
+        plen=2,
+        mask=[1, 1, 1],
+        old=[-1.0] * 3,
+        lp=[-1.0] * 3,
+        ent=[0.0] * 3,
+        ref=[-1.0] * 3,
+        isw=[1.0] * 3,
+        prefix=[0, 0, 0],
+        keep=[0, 0, 0],
+        adv=1.0,
+    )
+    short = dict(sample, mask=[1, 0, 0], adv=-2.0)
+    cfg = actor_config(loss_agg_mode="seq-mean-token-sum-norm", loss_scale_factor=12, entropy_coeff=0.0)
+    mo, data, _, _ = build_batch([sample, short])
+    loss, _ = prefix_rft_ppo_loss(cfg, mo, data, prefix_config=prefix_config())
+    # ratio 1: token loss -A; sequence sums -3 and +2; mean over 2 sequences = -0.5; / 12
+    assert loss.item() == pytest.approx(-0.5 / 12, abs=1e-12)
+    mo, data, _, _ = build_batch([sample, short])
+    with pytest.raises(ValueError, match=r"loss_scale_factor=\$\{data.max_response_length\}"):
+        prefix_rft_ppo_loss(
+            actor_config(loss_agg_mode="seq-mean-token-sum-norm"), mo, data, prefix_config=prefix_config()
+        )
+
+
 def test_unkept_prefix_tokens_get_zero_gradient():
     samples = random_samples(6, seed=5)
     for s in samples:
@@ -264,7 +342,7 @@ def test_unkept_prefix_tokens_get_zero_gradient():
 @pytest.mark.parametrize("global_info", [True, False])
 def test_all_on_policy_batch_equals_verl_ppo_loss(mode, global_info):
     samples = random_samples(5, seed=23, with_prefix=False)
-    extra = {"loss_scale_factor": 8} if mode == "seq-mean-token-sum-norm" and global_info else {}
+    extra = {"loss_scale_factor": 8} if mode == "seq-mean-token-sum-norm" else {}
     kwargs = dict(loss_agg_mode=mode, use_kl_loss=True, kl_loss_coef=0.2, entropy_coeff=0.01, **extra)
     mo, data, lp_ours, ent_ours = build_batch(samples, global_info=global_info)
     ours, our_metrics = prefix_rft_ppo_loss(actor_config(**kwargs), mo, data, prefix_config=prefix_config())

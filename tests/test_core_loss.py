@@ -98,8 +98,8 @@ def test_padding_never_reaches_the_aggregate_and_bad_mode_raises():
     clean, _ = prefix_rft_token_loss(lp, lp + 0.1, adv, mask, torch.zeros(2, 3))
     dirty, _ = prefix_rft_token_loss(lp, lp + 0.1, garbage, mask, torch.zeros(2, 3))
     for mode in AGG_MODES:
-        assert aggregate_loss(dirty, mask, mode).item() == pytest.approx(
-            aggregate_loss(clean, mask, mode).item()
+        assert aggregate_loss(dirty, mask, mode, loss_scale_factor=8).item() == pytest.approx(
+            aggregate_loss(clean, mask, mode, loss_scale_factor=8).item()
         )
     with pytest.raises(ValueError, match="is_mode"):
         prefix_rft_token_loss(lp, lp, lp, mask, mask, is_mode="sft")
@@ -137,7 +137,12 @@ def test_aggregate_hand_values():
     assert aggregate_loss(loss, mask, "token-mean").item() == pytest.approx(10 / 4)
     assert aggregate_loss(loss, mask, "token-sum").item() == pytest.approx(10)
     assert aggregate_loss(loss, mask, "seq-mean-token-sum").item() == pytest.approx((6 + 4) / 2)
-    assert aggregate_loss(loss, mask, "seq-mean-token-sum-norm").item() == pytest.approx(5 / 3)
+    # Dr.GRPO: per-sequence sums (6, 4), averaged over 2 sequences, divided by the constant 8
+    assert aggregate_loss(loss, mask, "seq-mean-token-sum-norm", loss_scale_factor=8).item() == pytest.approx(
+        5 / 8
+    )
+    with pytest.raises(ValueError, match="loss_scale_factor"):  # never the padded width (3 here)
+        aggregate_loss(loss, mask, "seq-mean-token-sum-norm")
     assert aggregate_loss(loss, mask, "seq-mean-token-mean").item() == pytest.approx((2 + 4) / 2)
     with pytest.raises(ValueError, match="loss_agg_mode"):
         aggregate_loss(loss, mask, "mean")
@@ -152,9 +157,16 @@ def test_micro_batches_sum_to_the_whole_batch(seed, mode, split):
     B, T = 6, 5
     loss = torch.randn(B, T, generator=g)
     mask = (torch.rand(B, T, generator=g) < 0.7).float()
-    whole = aggregate_loss(loss, mask, mode)
-    info = {"batch_num_tokens": mask.sum(), "global_batch_size": (mask.sum(-1) > 0).sum()}
+    mask[:, -1] = 0  # a padding column: a dynamic micro-batch may be narrower than the whole batch
+    whole = aggregate_loss(loss, mask, mode, loss_scale_factor=16)
+    info = {
+        "batch_num_tokens": mask.sum(),
+        "global_batch_size": (mask.sum(-1) > 0).sum(),
+        "loss_scale_factor": 16,
+    }
+    # parts padded to different widths (T and T - 1), as dynamic micro-batches are
     parts = sum(
-        aggregate_loss(loss[i : i + split], mask[i : i + split], mode, **info) for i in range(0, B, split)
+        aggregate_loss(loss[i : i + split, : T - k % 2], mask[i : i + split, : T - k % 2], mode, **info)
+        for k, i in enumerate(range(0, B, split))
     )
     assert parts.item() == pytest.approx(whole.item(), rel=1e-5, abs=1e-6)

@@ -55,6 +55,18 @@ def test_recipe_composes_with_paper_settings():
     assert cfg.trainer.use_v1 is True and cfg.trainer.v1.trainer_mode == "sync"
     # the rollout sees prompt + response within the data budgets
     assert (r.prompt_length, r.response_length) == (1024, 8192)
+    # Dr.GRPO's objective: token sums divided by the constant response budget
+    assert (a.loss_agg_mode, a.loss_scale_factor) == ("seq-mean-token-sum-norm", 8192)
+
+
+def test_dr_grpo_normaliser_follows_the_response_budget_and_token_mean_is_an_override():
+    from verl.utils.config import omega_conf_to_dataclass
+
+    actor = omega_conf_to_dataclass(recipe_config("data.max_response_length=4096").actor_rollout_ref.actor)
+    assert (actor.loss_agg_mode, actor.loss_scale_factor) == ("seq-mean-token-sum-norm", 4096)
+    cfg = recipe_config("actor_rollout_ref.actor.loss_agg_mode=token-mean")
+    validate_verl_config(cfg)
+    assert omega_conf_to_dataclass(cfg.actor_rollout_ref.actor).loss_agg_mode == "token-mean"
 
 
 def test_prefix_rft_block_mirrors_the_dataclass_exactly():
@@ -134,6 +146,8 @@ def test_megatron_and_sglang_compose():
             "actor_rollout_ref.actor.calculate_entropy",
         ),
         (["trainer.v1.trainer_mode=colocate_async"], "trainer.v1.trainer_mode"),
+        (["actor_rollout_ref.actor.loss_scale_factor=null"], "actor_rollout_ref.actor.loss_scale_factor"),
+        (["actor_rollout_ref.actor.loss_scale_factor=0"], "actor_rollout_ref.actor.loss_scale_factor"),
     ],
 )
 def test_invalid_values_fail_naming_the_key(overrides, key):
@@ -181,6 +195,8 @@ SCRIPTS = {
             "trainer.experiment_name": "prefix_rft_qwen2.5_math_7b",
             "actor_rollout_ref.model.path": "Elliott/Qwen2.5-Math-7B-16k-think",
             "actor_rollout_ref.rollout.n": 8,
+            "actor_rollout_ref.actor.loss_agg_mode": "seq-mean-token-sum-norm",
+            "actor_rollout_ref.actor.loss_scale_factor": 8192,
         },
     ),
     "run_prefix_rft_qwen7b_megatron.sh": (

@@ -16,6 +16,19 @@ from __future__ import annotations
 import torch
 
 IS_MODES = ("ppo", "behavior_one", "luffy")
+PREFIX_TOKEN_MODES = ("train", "freeze", "exclude")
+
+
+def resolve_prefix_clip(is_mode: str, prefix_clip: bool | None) -> bool:
+    """Whether demo-token terms are PPO-clipped (the authors' ``enable_clip``, orthogonal to ``is_mode``).
+
+    ``None`` resolves per mode: clipped for ``ppo`` (paper sec. 3: demo tokens get the same clipped PPO
+    weight as generated tokens), unclipped for ``behavior_one`` and ``luffy`` (LUFFY never clips its
+    off-policy terms).
+    """
+    if prefix_clip is None:
+        return is_mode == "ppo"
+    return bool(prefix_clip)
 
 
 def ppo_clipped_loss(
@@ -54,6 +67,8 @@ def prefix_rft_token_loss(
     luffy_gamma: float = 0.1,
     sft_coef: float = 0.0,
     rollout_is_weights: torch.Tensor | None = None,
+    prefix_clip: bool | None = None,
+    prefix_tokens: str = "train",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-token policy loss of Prefix-RFT (paper sec. 3).
 
@@ -62,12 +77,20 @@ def prefix_rft_token_loss(
     Prefix tokens (``prefix_mask``), with advantage ``A * keep_mask`` (entropy-based clipping: unkept
     demo tokens get advantage 0 but stay in the loss denominator):
 
-    - ``is_mode="ppo"`` (paper): the same dual-clip PPO term as continuation tokens;
-    - ``"behavior_one"``: behaviour prob 1, i.e. ``-A * pi_theta`` (no clip: the ratio is <= 1);
-    - ``"luffy"``: LUFFY's policy shaping ``-A * pi_theta / (pi_theta + gamma)``.
+    - ``is_mode="ppo"`` (paper): weight ``w = pi_theta / pi_old``, as for continuation tokens;
+    - ``"behavior_one"``: behaviour prob 1, ``w = pi_theta``;
+    - ``"luffy"``: LUFFY's policy shaping ``w = pi_theta / (pi_theta + gamma)``.
 
-    ``sft_coef > 0`` adds ``sft_coef * (-log_prob)`` on kept prefix tokens. Rollout IS weights never
-    apply to prefix tokens (they were not sampled by the rollout policy).
+    ``prefix_clip`` (resolved by :func:`resolve_prefix_clip`; default clipped for ``ppo`` only) decides the
+    demo-token term: clipped, the dual-clip PPO term of ``w``; unclipped, ``-A * w``. With clipping on,
+    ``behavior_one`` and ``luffy`` still feel the lower clip: ``w <= 1`` never reaches ``1 + eps``, but for
+    ``A < 0`` and ``w < 1 - eps`` the term is the constant ``-A (1 - eps)``, i.e. zero gradient.
+
+    ``prefix_tokens``: ``train`` (the above), ``freeze`` or ``exclude`` (the demo tokens' policy-gradient
+    term is exactly 0, so no gradient; ``exclude`` additionally leaves them out of the aggregation mask,
+    which the caller applies with :func:`aggregation_mask`). ``sft_coef > 0`` adds
+    ``sft_coef * (-log_prob)`` on kept prefix tokens, in every ``prefix_tokens`` mode. Rollout IS weights
+    never apply to prefix tokens (they were not sampled by the rollout policy).
 
     As with verl's policy losses, positions outside ``response_mask`` are not zeroed in ``loss_mat`` (that
     would cost a full pass): reduce it with :func:`aggregate_loss` or verl's ``agg_loss``, which mask.
@@ -79,6 +102,9 @@ def prefix_rft_token_loss(
     """
     if is_mode not in IS_MODES:
         raise ValueError(f"is_mode must be one of {IS_MODES}, got {is_mode!r}")
+    if prefix_tokens not in PREFIX_TOKEN_MODES:
+        raise ValueError(f"prefix_tokens must be one of {PREFIX_TOKEN_MODES}, got {prefix_tokens!r}")
+    clip_prefix = resolve_prefix_clip(is_mode, prefix_clip)
     # Demo tokens live in few rows (num_prefixed of every n rollouts): every prefix-only term is computed
     # on those rows alone, so the full-batch work stays that of verl's vanilla PPO loss.
     mask = response_mask.bool()
@@ -99,15 +125,30 @@ def prefix_rft_token_loss(
     )
     loss = ppo_loss if rollout_is_weights is None else ppo_loss * rollout_is_weights
 
-    if rows.numel() and (is_mode != "ppo" or sft_coef or rollout_is_weights is not None):
+    clipped_prefix = clipped
+    paper_term = is_mode == "ppo" and clip_prefix and prefix_tokens == "train"
+    if rows.numel() and (not paper_term or sft_coef or rollout_is_weights is not None):
         sub = loss[rows]
         if rollout_is_weights is not None:  # the rollout policy did not sample demo tokens: weight 1 there
             sub = torch.where(p_rows, ppo_loss[rows], sub)
-        if is_mode != "ppo":
-            sub_lp = log_prob[rows]
-            prob = torch.exp(sub_lp)
-            weight = prob if is_mode == "behavior_one" else prob / (prob + luffy_gamma)
-            sub = torch.where(p_rows, -adv[rows] * weight, sub)
+        if prefix_tokens != "train":  # freeze / exclude: no policy gradient on demo tokens
+            sub = sub.masked_fill(p_rows, 0.0)
+            clipped_prefix = clipped.index_copy(0, rows, clipped[rows] & ~p_rows)
+        elif not paper_term:
+            if is_mode == "ppo":
+                weight = ratio[rows]
+            else:
+                prob = torch.exp(log_prob[rows])
+                weight = prob if is_mode == "behavior_one" else prob / (prob + luffy_gamma)
+            sub_adv = adv[rows]
+            if clip_prefix:
+                term, sub_clipped, _ = ppo_clipped_loss(
+                    weight, sub_adv, clip_ratio_low, clip_ratio_high, clip_ratio_c
+                )
+            else:
+                term, sub_clipped = -sub_adv * weight, torch.zeros_like(p_rows)
+            sub = torch.where(p_rows, term, sub)
+            clipped_prefix = clipped.index_copy(0, rows, torch.where(p_rows, sub_clipped, clipped[rows]))
         if sft_coef:
             sub = sub - sft_coef * log_prob[rows] * kept_rows
         loss = loss.index_copy(0, rows, sub)
@@ -115,9 +156,10 @@ def prefix_rft_token_loss(
     with torch.no_grad():
         n_tokens = mask.sum().clamp(min=1)
         n_prefix = p_rows.sum()
-        n_clipped_prefix = (clipped[rows] & p_rows).sum()
+        n_clipped_prefix = (clipped_prefix[rows] & p_rows).sum()
+        n_clipped_cont = (clipped & mask).sum() - (clipped[rows] & p_rows).sum()
         metrics = {
-            "pg_clipfrac": ((clipped & mask).sum() - n_clipped_prefix) / (n_tokens - n_prefix).clamp(min=1),
+            "pg_clipfrac": n_clipped_cont / (n_tokens - n_prefix).clamp(min=1),
             "pg_clipfrac_prefix": n_clipped_prefix / n_prefix.clamp(min=1),
             "pg_clipfrac_lower": (clipped_lower & mask).sum() / n_tokens,
             "ppo_kl": -(log_ratio.masked_fill(~mask, 0.0).sum()) / n_tokens,
@@ -125,6 +167,16 @@ def prefix_rft_token_loss(
             "prefix_token_frac": n_prefix / n_tokens,
         }
     return loss, metrics
+
+
+def aggregation_mask(
+    response_mask: torch.Tensor, prefix_mask: torch.Tensor, prefix_tokens: str
+) -> torch.Tensor:
+    """Tokens that count in the loss aggregation: every response token, or, with ``prefix_tokens="exclude"``
+    (the paper's "exclude the prefix from the loss" ablation), only the generated continuation."""
+    if prefix_tokens == "exclude":
+        return response_mask * (1 - prefix_mask.to(response_mask.dtype))
+    return response_mask
 
 
 def entropy_loss_mask(
@@ -154,7 +206,9 @@ def aggregate_loss(
     - ``token-mean``: sum over tokens / global token count (* dp_size);
     - ``token-sum``: sum over tokens (* dp_size);
     - ``seq-mean-token-sum``: per-sequence token sum, averaged over (non-empty) sequences;
-    - ``seq-mean-token-sum-norm``: the same divided by ``loss_scale_factor`` (default: T);
+    - ``seq-mean-token-sum-norm``: the same divided by the constant ``loss_scale_factor`` (Dr.GRPO; the
+      recipe sets it to ``data.max_response_length``). Required here: verl's fallback, the padded width
+      ``T`` of the given micro-batch, is not a constant under dynamic batching;
     - ``seq-mean-token-mean``: per-sequence token mean, averaged over (non-empty) sequences.
     """
     mask = loss_mask.to(loss_mat.dtype)
@@ -179,7 +233,9 @@ def aggregate_loss(
             global_batch_size = seq_mask.sum()
         loss = (seq * seq_mask).sum() / global_batch_size * dp_size
         if loss_agg_mode == "seq-mean-token-sum-norm":
-            loss = loss / (loss_scale_factor if loss_scale_factor is not None else loss_mask.shape[-1])
+            if loss_scale_factor is None:  # verl would use the padded width: not a constant under dynamic bsz
+                raise ValueError("seq-mean-token-sum-norm needs loss_scale_factor (the response budget)")
+            loss = loss / loss_scale_factor
         return loss
     raise ValueError(
         f"invalid loss_agg_mode {loss_agg_mode!r}; expected token-mean, token-sum, seq-mean-token-sum, "

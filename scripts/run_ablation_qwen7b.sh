@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Any named preset (a paper baseline or ablation) over the shared launcher body.
+# Usage: bash scripts/run_ablation_qwen7b.sh NAME [hydra overrides...]    (the command line wins)
+#        bash scripts/run_ablation_qwen7b.sh --list                       (every preset, one line each)
+# NAME is recipe/prefix_rft/config/preset/NAME.yaml, selected with +preset=NAME.
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if [[ $# -lt 1 || $1 == --list || $1 == -l ]]; then
+    PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python3}" -m prefix_rft.presets --list
+    [[ $# -ge 1 ]] && exit 0
+    echo "usage: bash scripts/run_ablation_qwen7b.sh NAME [hydra overrides...]" >&2
+    exit 2
+fi
+PRESET=$1
+shift
+PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python3}" -m prefix_rft.presets "$PRESET" || exit 2
+source "$ROOT/scripts/_prefix_rft_common.sh"
+
+METHOD_ARGS=(
+    +preset="$PRESET"
+)
+METHOD_NAME=$PRESET
+prefix_rft_train "$@"

@@ -1,0 +1,251 @@
+"""Named presets (recipe/prefix_rft/config/preset/*.yaml): composition, launcher, and token-level effect.
+
+Token-level tests run the real objective (prefix_rft.core.loss with the prefix_rft block each preset
+composes to) on one hand-built group: a hybrid rollout (3 demo tokens, then 2 generated) and an on-policy
+rollout (3 generated tokens). Ratios are 1 (log_prob == old_log_prob), so every trained token's gradient
+is -A_t * d(ratio) = -A_t per unit log-prob, and unkept / frozen tokens have gradient exactly 0.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from prefix_rft.config import PrefixRFTConfigError
+from prefix_rft.core.advantage import prefix_aware_advantage
+from prefix_rft.core.loss import aggregate_loss, aggregation_mask, prefix_rft_token_loss
+from prefix_rft.presets import describe, list_presets, main, preset_override, preset_path
+from prefix_rft.verl_config import validate_verl_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = str(ROOT / "recipe" / "prefix_rft" / "config")
+
+# preset -> dotted keys it must set (compared after composition on top of the recipe)
+EXPECTED = {
+    "prefix_rft": {"prefix_rft.num_prefixed": 1, "prefix_rft.entropy_clip.enable": True},
+    "rft": {"prefix_rft.num_prefixed": 0},
+    "all_demo_tokens": {"prefix_rft.entropy_clip.enable": False, "prefix_rft.num_prefixed": 1},
+    "exclude_prefix": {
+        "prefix_rft.loss.prefix_tokens": "exclude",
+        "actor_rollout_ref.actor.loss_agg_mode": "seq-mean-token-sum-norm",
+    },
+    "luffy": {
+        "prefix_rft.ratio.schedule": "const",
+        "prefix_rft.ratio.low_start": 1.0,
+        "prefix_rft.ratio.high": 1.0,
+        "prefix_rft.loss.is_mode": "luffy",
+        "prefix_rft.loss.prefix_clip": False,
+        "prefix_rft.entropy_clip.enable": False,
+        "actor_rollout_ref.actor.loss_agg_mode": "seq-mean-token-sum-norm",
+        "actor_rollout_ref.actor.loss_scale_factor": 8192,
+    },
+    "luffy_token_mean": {
+        "prefix_rft.loss.is_mode": "luffy",
+        "prefix_rft.ratio.low_end": 1.0,
+        "actor_rollout_ref.actor.loss_agg_mode": "token-mean",
+    },
+    "rl_sft_loss": {
+        "actor_rollout_ref.rollout.n": 9,
+        "actor_rollout_ref.actor.rollout_n": 9,
+        "prefix_rft.num_prefixed": 1,
+        "prefix_rft.ratio.low_start": 1.0,
+        "prefix_rft.loss.prefix_tokens": "freeze",
+        "prefix_rft.loss.sft_coef": 1.0,
+        "prefix_rft.advantage.mode": "prefix_aware",
+        "prefix_rft.entropy_clip.enable": False,
+    },
+}
+
+
+def composed(name: str, *overrides: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return compose(config_name="prefix_rft_trainer", overrides=[preset_override(name), *overrides])
+
+
+def test_every_preset_file_has_an_expectation_and_the_helper_lists_them():
+    assert list_presets() == sorted(EXPECTED)
+    assert preset_path("rft").read_text().startswith("# @package _global_")
+    with pytest.raises(ValueError, match="unknown preset 'nope'; known presets: all_demo_tokens"):
+        preset_path("nope")
+    assert "no entropy-based clipping" in describe("all_demo_tokens")
+    assert main(["nope"]) == 2 and main(["rft"]) == 0
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_preset_composes_and_validates(name):
+    from verl.utils.config import omega_conf_to_dataclass
+
+    cfg = composed(name)
+    for key, value in EXPECTED[name].items():
+        assert OmegaConf.select(cfg, key) == value, (name, key)
+    validate_verl_config(cfg)
+    omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)  # verl's dataclass accepts it
+    # the command line wins over the preset
+    assert composed(name, "prefix_rft.loss.luffy_gamma=0.3").prefix_rft.loss.luffy_gamma == 0.3
+
+
+def test_exclude_prefix_refuses_token_mean():
+    with pytest.raises(PrefixRFTConfigError, match="loss_agg_mode='token-mean'"):
+        validate_verl_config(composed("exclude_prefix", "actor_rollout_ref.actor.loss_agg_mode=token-mean"))
+
+
+def _launch(name: str, cwd) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHON=sys.executable, HOME=os.environ.get("HOME", "/tmp"))
+    env.pop("EXP_NAME", None)
+    return subprocess.run(
+        ["bash", str(ROOT / "scripts" / "run_ablation_qwen7b.sh"), name, "trainer.nnodes=2", "--cfg", "job"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+        env=env,
+    )
+
+
+def test_launcher_composes_every_preset_with_cfg_job(tmp_path):
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = dict(zip(EXPECTED, pool.map(lambda n: _launch(n, tmp_path), EXPECTED), strict=True))
+    for name, out in results.items():
+        assert out.returncode == 0, f"{name}: {out.stderr[-3000:]}"
+        cfg = OmegaConf.create(yaml.safe_load(out.stdout))
+        for key, value in EXPECTED[name].items():
+            assert OmegaConf.select(cfg, key) == value, (name, key)
+        assert cfg.trainer.nnodes == 2 and cfg.trainer.experiment_name == f"{name}_qwen2.5_math_7b"
+        validate_verl_config(cfg)
+
+
+def test_launcher_list_and_unknown_name(tmp_path):
+    env = dict(os.environ, PYTHON=sys.executable)
+    script = str(ROOT / "scripts" / "run_ablation_qwen7b.sh")
+    out = subprocess.run(["bash", script, "--list"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0 and [ln.split()[0] for ln in out.stdout.splitlines()] == sorted(EXPECTED)
+    out = subprocess.run(["bash", script, "nope"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 2 and "unknown preset 'nope'" in out.stderr
+
+
+# ---------------------------------------------------------------- token level
+
+
+PREFIX = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.float64)
+MASK = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.float64)
+ENTROPY_KEEP = torch.tensor([[0, 1, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.float64)  # top-20% of 3: 1
+
+
+def run_preset_loss(name: str, adv_rows=(1.0, -2.0), loss_scale_factor=10):
+    """(loss, grad of log_prob, aggregation mask) of the objective preset ``name`` composes to."""
+    cfg = composed(name)
+    pcfg = validate_verl_config(cfg)
+    lp = torch.full((2, 5), -1.0, dtype=torch.float64, requires_grad=True)
+    adv = torch.tensor(adv_rows, dtype=torch.float64)[:, None].expand(2, 5)
+    keep = ENTROPY_KEEP if pcfg.entropy_clip.enable else None
+    loss_mat, _ = prefix_rft_token_loss(
+        lp,
+        lp.detach(),
+        adv,
+        MASK,
+        PREFIX,
+        keep,
+        is_mode=pcfg.loss.is_mode,
+        luffy_gamma=pcfg.loss.luffy_gamma,
+        sft_coef=pcfg.loss.sft_coef,
+        prefix_clip=pcfg.loss.resolved_prefix_clip(),
+        prefix_tokens=pcfg.loss.prefix_tokens,
+    )
+    agg = aggregation_mask(MASK, PREFIX, pcfg.loss.prefix_tokens)
+    mode = cfg.actor_rollout_ref.actor.loss_agg_mode
+    loss = aggregate_loss(loss_mat, agg, mode, loss_scale_factor=loss_scale_factor)
+    loss.backward()
+    return loss, lp.grad, agg
+
+
+def test_prefix_rft_preset_tokens():
+    # Dr.GRPO: d/dlp of sum_i sum_t -A_i r_it / (2 sequences * 10): only the kept demo token of row 0 and
+    # every generated token have a gradient; all 8 tokens stay in the (constant) denominator
+    _, grad, agg = run_preset_loss("prefix_rft")
+    g = -1.0 / 20
+    assert grad[0].tolist() == pytest.approx([0.0, g, 0.0, g, g])
+    assert grad[1].tolist() == pytest.approx([2 / 20, 2 / 20, 2 / 20, 0.0, 0.0])
+    assert agg.tolist() == MASK.tolist()
+
+
+def test_all_demo_tokens_preset_tokens():
+    _, grad, _ = run_preset_loss("all_demo_tokens")
+    assert grad[0].tolist() == pytest.approx([-1 / 20] * 5)  # every demo token keeps its advantage
+
+
+def test_exclude_prefix_preset_tokens():
+    _, grad, agg = run_preset_loss("exclude_prefix")
+    assert grad[0].tolist() == pytest.approx([0.0, 0.0, 0.0, -1 / 20, -1 / 20])
+    assert agg[0].tolist() == [0, 0, 0, 1, 1]  # demo tokens are in no aggregation mask
+
+
+def test_rft_preset_is_plain_dr_grpo():
+    # no demo tokens ever exist with num_prefixed=0; on a group without them every token is trained
+    cfg = validate_verl_config(composed("rft"))
+    assert cfg.num_prefixed == 0
+
+
+def test_luffy_preset_tokens_are_shaped_and_unclipped():
+    # pi = e^-1 on demo tokens: d/dlp of -A * pi/(pi+g) = -A * g*pi/(pi+g)^2, for A = -2 as well as +1
+    _, grad, _ = run_preset_loss("luffy", adv_rows=(-2.0, -2.0))
+    pi, gamma = torch.exp(torch.tensor(-1.0, dtype=torch.float64)).item(), 0.1
+    shaped = 2.0 * gamma * pi / (pi + gamma) ** 2 / 20
+    assert grad[0, :3].tolist() == pytest.approx([shaped] * 3)
+    # with PPO clipping on (the authors' enable_clip), pi = 0.37 < 1 - 0.2 and A < 0: the lower clip bites
+    cfg = composed("luffy", "prefix_rft.loss.prefix_clip=true")
+    assert validate_verl_config(cfg).loss.resolved_prefix_clip() is True
+
+
+def test_behavior_one_lower_clip_bites_only_with_prefix_clip():
+    lp = torch.full((1, 2), -1.0, dtype=torch.float64, requires_grad=True)  # pi = 0.37
+    adv = torch.tensor([[-1.0, -1.0]], dtype=torch.float64)
+    ones, prefix = torch.ones(1, 2), torch.tensor([[1.0, 0.0]])
+    for clip, expected in ((False, 0.3679), (True, 0.0)):
+        lp.grad = None
+        mat, _ = prefix_rft_token_loss(
+            lp, lp.detach(), adv, ones, prefix, is_mode="behavior_one", prefix_clip=clip
+        )
+        mat[0, 0].backward()
+        assert lp.grad[0, 0].item() == pytest.approx(expected, abs=1e-4)
+
+
+def test_rl_sft_loss_preset_tokens():
+    """The demo row (row 0, all 5 tokens demo here) gets only the SFT term; row 1 is RL with the
+    on-policy baseline; the demo's reward does not enter that baseline."""
+    scores = torch.tensor([1.0, 0.0, 1.0])  # rows: demo (reward 1), two on-policy rollouts
+    adv = prefix_aware_advantage(scores, ["u", "u", "u"], torch.tensor([True, False, False]))
+    assert adv[1:].tolist() == pytest.approx([-0.5, 0.5])  # baseline 0.5 = mean of on-policy only
+    cfg = validate_verl_config(composed("rl_sft_loss"))
+    lp = torch.full((2, 5), -1.0, dtype=torch.float64, requires_grad=True)
+    prefix = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], dtype=torch.float64)
+    a = torch.tensor([adv[0].item(), adv[1].item()], dtype=torch.float64)[:, None].expand(2, 5)
+    mat, _ = prefix_rft_token_loss(
+        lp,
+        lp.detach(),
+        a,
+        MASK,
+        prefix,
+        None,
+        sft_coef=cfg.loss.sft_coef,
+        prefix_tokens=cfg.loss.prefix_tokens,
+        prefix_clip=cfg.loss.resolved_prefix_clip(),
+    )
+    loss = aggregate_loss(
+        mat,
+        aggregation_mask(MASK, prefix, cfg.loss.prefix_tokens),
+        "seq-mean-token-sum-norm",
+        loss_scale_factor=10,
+    )
+    loss.backward()
+    # demo tokens: d/dlp of -1.0 * lp / 20 (SFT only, whatever the demo's own advantage)
+    assert lp.grad[0].tolist() == pytest.approx([-1 / 20] * 5)
+    assert lp.grad[1].tolist() == pytest.approx([0.5 / 20] * 3 + [0.0, 0.0])  # -A = +0.5
