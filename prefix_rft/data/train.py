@@ -4,7 +4,9 @@ verl RL parquet with a demonstration column.
 Pipeline (each step reported in the closing :class:`PrepareReport`):
 convert rows (bad rows reported by index and skipped) -> drop demos longer than ``max_demo_tokens`` ->
 take ``val_size`` rows out as a validation split (demos removed) -> subsample the rest -> validate
-against the data contract -> write ``train.parquet`` (+ ``val.parquet``) and ``prepare_report.json``.
+against the data contract -> write ``train.parquet`` (+ ``val.parquet``), ``sft_train.parquet`` (the same
+training prompts and demonstrations for verl's SFT trainer, :mod:`prefix_rft.data.sft`) and
+``prepare_report.json``.
 """
 
 from __future__ import annotations
@@ -382,6 +384,13 @@ def finish(
     train_path = write_parquet(rows, os.path.join(output_dir, "train.parquet"))
     validate_parquet(train_path, demo_key=demo_key, require_demos=require_demos)
     report.outputs["train"] = train_path
+    if require_demos:
+        # the SFT baseline's data: the same prompts + demonstrations, for verl's SFT trainer
+        from prefix_rft.data.sft import SFT_FILE_NAME, write_sft_parquet
+
+        sft_path = os.path.join(output_dir, SFT_FILE_NAME)
+        write_sft_parquet(rows, sft_path, demo_key=demo_key)
+        report.outputs["sft_train"] = sft_path
     if val_rows:
         val_path = write_parquet(val_rows, os.path.join(output_dir, "val.parquet"))
         validate_parquet(val_path, demo_key=demo_key, require_demos=False)
