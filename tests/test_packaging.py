@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import re
 import shlex
-import tomllib
 from importlib.metadata import requires, version
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -130,6 +130,8 @@ def test_required_verl_pip_install_installs_verl_only():
 
 def test_required_verl_reader_matches_install_verl_semantics(tmp_path):
     p = tmp_path / "REQUIRED_VERL.txt"
-    p.write_text("# MODE=rolling\n  MODE = x\nMODE=pinned_tag  \nMODE=second\nPIP_INSTALL=pip install a==1 b=2\n")
+    p.write_text(
+        "# MODE=rolling\n  MODE = x\nMODE=pinned_tag  \nMODE=second\nPIP_INSTALL=pip install a==1 b=2\n"
+    )
     f = read_required_verl(p)
     assert f["MODE "] == "x" and f["MODE"] == "pinned_tag" and f["PIP_INSTALL"] == "pip install a==1 b=2"
