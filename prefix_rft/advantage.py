@@ -1,7 +1,7 @@
 """The ``prefix_rft`` advantage estimator, registered with verl's ``register_adv_est``.
 
 verl 0.9.1 calls a custom estimator with a fixed set of keywords (``verl/trainer/ppo/ray_trainer.py``
-``compute_advantage``, l.249-279): ``token_level_rewards, response_mask, config`` (= ``algorithm``),
+``compute_advantage``): ``token_level_rewards, response_mask, config`` (= ``algorithm``),
 ``index`` (the prompt uids) and ``reward_baselines`` when present. It has no way to pass a per-row field
 such as ``is_prefixed``; the Prefix-RFT trainer therefore opens :func:`prefix_rows` around verl's
 ``_compute_advantage``, and the estimator reads the rows' flags and the ``prefix_rft.advantage`` knobs

@@ -5,15 +5,15 @@
 ``super()`` and adds one thing:
 
 * ``_setup``: installs the Prefix-RFT actor loss on the actor workers with verl's ``set_loss_fn``
-  (``verl/workers/engine_workers.py`` l.529-531, ONE_TO_ALL), replacing the ``ppo_loss`` partial that
-  ``init_model`` installed (l.643-646).
+  (``engine_workers.ActorRolloutRefWorker.set_loss_fn``, ONE_TO_ALL), replacing the ``ppo_loss`` partial that
+  ``ActorRolloutRefWorker.init_model`` installed.
 * ``_compute_old_log_prob``: verl computes the old-policy log-probs and entropy and writes them to
-  TransferQueue (``trainer_base.py`` l.1634-1693). Demo-prefix tokens have no behaviour log-prob (the
+  TransferQueue (``trainer_base.PPOTrainer._compute_old_log_prob``). Demo-prefix tokens have no behaviour log-prob (the
   agent loop writes 0.0 there), so we set ``rollout_log_probs := old_log_probs`` on them: rollout
-  correction (IS weights, rejection, off-policy metrics; ``rollout_corr_helper.py`` l.1013) then sees a
+  correction (IS weights, rejection, off-policy metrics; ``compute_rollout_correction_and_add_to_batch``) then sees a
   log-ratio of exactly 0 on demo tokens, i.e. it is neutral there, token- and sequence-level alike.
-* ``_compute_advantage``: verl fetches a fixed field list (l.1745) and calls the registered estimator
-  with fixed keywords (``ray_trainer.py`` l.249-279); we run it inside
+* ``_compute_advantage``: verl fetches a fixed field list and calls the registered estimator
+  with fixed keywords (``verl.trainer.ppo.ray_trainer.compute_advantage``); we run it inside
   :func:`prefix_rft.advantage.prefix_rows` so the ``prefix_rft`` estimator sees each row's
   ``is_prefixed``. Then we build the entropy keep-mask (``prefix_keep_mask``, paper sec. 3) on the driver,
   exactly, over each PPO mini-batch as the actor will form it (or the whole batch), write it to
@@ -24,9 +24,9 @@
 
 How the actor forms mini-batches (verified in 0.9.1): the batch (already reordered by ``_balance_batch``
 and padded to a multiple of lcm(dp, mini-batch)) is cut into ``dp`` contiguous chunks, chunk ``r`` going to
-data-parallel rank ``r`` (``BatchMeta.chunk``, ``single_controller/base/decorator.py`` l.250); each rank
+data-parallel rank ``r`` (``BatchMeta.chunk``, ``decorator.dispatch_nd_compute_dataproto``); each rank
 splits its chunk with ``tensordict_utils.make_iterator(mini_batch_size // dp, seed=data_loader_seed + r,
-shuffle=actor.shuffle)`` (``engine_workers.py`` l.242-289). Global mini-batch ``j`` = the ``j``-th local
+shuffle=actor.shuffle)`` (``TrainingWorker.train_mini_batch``). Global mini-batch ``j`` = the ``j``-th local
 mini-batch of every rank. :func:`actor_minibatch_group_ids` replays that with the same ``make_iterator``.
 """
 
@@ -75,7 +75,7 @@ METRIC_KEYS = (
     "demo_missing",
     "demo_truncated",
 )
-"""Keys logged under ``prefix_rft/`` every step (ARCHITECTURE.md metrics contract)."""
+"""Keys logged under ``prefix_rft/`` every step (the metrics listed in recipe/prefix_rft/README.md)."""
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -233,8 +233,8 @@ class PrefixRFTTrainer(PPOTrainerSync):
     def build_actor_loss_fn(self):
         """``partial(prefix_rft_ppo_loss, config=<ActorConfig>, prefix_config=<PrefixRFTConfig>)``.
 
-        Same call shape as verl's ``partial(ppo_loss, config=actor_config)`` (``engine_workers.py`` l.643);
-        the ``ActorConfig`` is built from the same yaml node the workers build theirs from (l.593) and
+        Same call shape as verl's ``partial(ppo_loss, config=actor_config)`` (``ActorRolloutRefWorker.init_model``);
+        the ``ActorConfig`` is built from the same yaml node the workers build theirs from (same function) and
         the validated ``prefix_rft`` block is bound into the partial (pickled to every worker with it).
         """
         from verl.utils.config import omega_conf_to_dataclass
@@ -257,7 +257,7 @@ class PrefixRFTTrainer(PPOTrainerSync):
             )
 
     def _actor_dp_size(self) -> int:
-        # Same lookup as PPOTrainer._balance_batch (trainer_base.py l.1611-1617).
+        # Same lookup as verl.trainer.ppo.v1.trainer_base.PPOTrainer._balance_batch.
         wg = self.actor_rollout_wg
         if "actor" not in wg._dispatch_info:
             wg._dispatch_info["actor"] = wg._query_dispatch_info("actor")
@@ -373,7 +373,7 @@ class PrefixRFTTrainer(PPOTrainerSync):
 
 
 class PrefixRFTTaskRunner:
-    """What verl's ``TaskRunnerV1`` (``verl/trainer/main_ppo.py`` l.103-160) does, building our trainer.
+    """What verl's ``verl.trainer.main_ppo.TaskRunnerV1`` does, building our trainer.
 
     verl's runner is already a Ray actor class (it cannot be subclassed), so this plain class mirrors its
     two methods; wrap it with ``ray.remote`` and hand it to ``verl.trainer.main_ppo.run_ppo``.

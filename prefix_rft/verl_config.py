@@ -16,8 +16,9 @@ ADV_ESTIMATOR_NAME = "prefix_rft"
 VALIDATION_SPLITS = ("test", "val", "valid", "validation", "eval", "evaluation")
 """``extra_info.split`` values that mark a row as validation: the agent loop never prefixes such a row.
 
-verl 0.9.1 drops the ``validate`` flag before the agent loop runs (``trainer/ppo/v1/agent_loop_tq.py``
-l.61-62), so a validation row is recognised by this split value, or by carrying no demonstration."""
+verl 0.9.1 drops the ``validate`` flag before the agent loop runs (``verl.trainer.ppo.v1.agent_loop_tq``
+``AgentLoopWorkerTQ.generate_sequences``), so a validation row is recognised by this split value, or by carrying
+no demonstration."""
 
 
 def _select(cfg: Any, dotted: str, default: Any = None) -> Any:

@@ -19,6 +19,11 @@
 #   TOTAL_STEPS    training steps (500 = where the cosine ratio schedule reaches its floor)
 #   PROJECT, EXP_NAME, LOGGER   tracking (LOGGER default '["console","file"]': the file logger's jsonl feeds
 #                  `python -m prefix_rft.plot`; use '["console","wandb"]' for wandb);  CKPT_DIR;  PYTHON
+#   MAX_CKPT_TO_KEEP  actor checkpoints kept on disk (2: ~90 GB each for a 7B FSDP actor with its optimizer)
+#
+# Memory defaults (recipe/prefix_rft/README.md, "Memory and disk defaults of the launchers"): chunked entropy
+# on every engine, entropy checkpointing on FSDP (ENGINE_ARGS below; a launcher for another engine replaces
+# ENGINE_ARGS with its own, see run_prefix_rft_qwen7b_megatron.sh).
 
 set -xeuo pipefail
 
@@ -38,10 +43,15 @@ MAX_TOKEN_LEN_PER_GPU=${MAX_TOKEN_LEN_PER_GPU:-18432}
 TOTAL_STEPS=${TOTAL_STEPS:-500}
 PROJECT=${PROJECT:-prefix_rft}
 LOGGER=${LOGGER:-'["console","file"]'}
+MAX_CKPT_TO_KEEP=${MAX_CKPT_TO_KEEP:-2}
 PYTHON=${PYTHON:-python3}
 
 METHOD_ARGS=()
-ENGINE_ARGS=()
+# FSDP (the recipe's default engine): recompute the current-policy entropy in the backward pass instead of
+# keeping its fp32 [tokens x vocab] intermediates (verl's FSDP engine reads actor.entropy_checkpointing).
+ENGINE_ARGS=(
+    actor_rollout_ref.actor.entropy_checkpointing=true
+)
 
 # prefix_rft_train [hydra overrides...]: launch recipe/prefix_rft/main_prefix_rft.py.
 prefix_rft_train() {
@@ -62,6 +72,10 @@ prefix_rft_train() {
         trainer.experiment_name="$exp_name"
         trainer.default_local_dir="$ckpt_dir"
         trainer.logger="$LOGGER"
+        trainer.max_actor_ckpt_to_keep="$MAX_CKPT_TO_KEEP"
+        # entropy in chunks of 2048 tokens (FSDP and Megatron engines alike): no full fp32 [tokens x vocab]
+        # softmax at once for entropy_coeff=0.001 and the old-policy entropy of the keep-mask
+        actor_rollout_ref.actor.entropy_from_logits_with_chunking=true
     )
     "$PYTHON" "$PREFIX_RFT_ROOT/recipe/prefix_rft/main_prefix_rft.py" \
         "${common_args[@]}" "${ENGINE_ARGS[@]}" "${METHOD_ARGS[@]}" "$@"

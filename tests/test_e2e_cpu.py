@@ -26,7 +26,7 @@ TOP_RATIO = 0.2
 SCHEDULE = dict(schedule="cosine", low_start=0.95, low_end=0.05, decay_steps=4, delay_steps=0)
 HIGH = 0.95
 
-# every per-step metric the trainer promises under prefix_rft/ (ARCHITECTURE.md metrics contract)
+# every per-step metric the trainer promises under prefix_rft/ (the metrics listed in recipe/prefix_rft/README.md)
 EXPECTED_METRICS = (
     "ratio_low",
     "ratio_high",

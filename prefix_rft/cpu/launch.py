@@ -48,7 +48,7 @@ CPU_OVERRIDES = [
     "actor_rollout_ref.rollout.name=hf_cpu",
     "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
     "actor_rollout_ref.rollout.agent.num_workers=1",
-    # verl defaults to flash_attention_2 (verl/workers/config/model.py l.185)
+    # verl defaults to flash_attention_2 (verl.workers.config.model.HFModelConfig.__post_init__)
     "+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
     # rmpad packs sequences and relies on flash-attn varlen to keep them apart; sdpa would attend across
     "actor_rollout_ref.model.use_remove_padding=False",

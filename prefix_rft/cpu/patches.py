@@ -28,8 +28,8 @@ def _dedupe_backend(backend: str | None) -> str | None:
 def patch_gloo_backend_string() -> None:
     """Make ``torch.distributed.init_process_group`` accept verl's duplicated CPU backend string.
 
-    Works around ``verl/utils/distributed.py:89`` (``initialize_global_process_group_ray``, called from
-    ``verl/workers/engine_workers.py:89``) and ``:63``: verl always builds
+    Works around ``verl.utils.distributed.initialize_global_process_group_ray`` (called from
+    ``verl.workers.engine_workers.TrainingWorker.__init__``) and ``initialize_global_process_group``: verl builds
     ``f"cpu:gloo,{get_device_name()}:{get_nccl_backend()}"``, which on the CPU platform is
     ``"cpu:gloo,cpu:gloo"`` and torch rejects it ("Duplicate device type cpu"). The platform API has no
     hook for the backend string, so we collapse an all-identical list to its single backend (``gloo``).

@@ -1,4 +1,4 @@
-"""The data contract (ARCHITECTURE.md): verl's RL parquet columns plus the demonstration column.
+"""The data contract: verl's RL parquet columns plus the demonstration column.
 
 Every row written by ``python -m prefix_rft.data prepare ...`` passes :func:`validate_rows`; the recipe can
 call :func:`validate_parquet` on any user-supplied file before training starts.
