@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 
-.PHONY: install test lint demo bench bench-e2e clean
+.PHONY: install test lint demo bench bench-e2e bench-learning clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ bench: install
 
 bench-e2e: install
 	PY=$(PY) bash scripts/bench_e2e_cpu.sh
+
+# the paper's comparison at CPU scale: every arm x 3 seeds through verl's real trainers (~1 h on 2 cores);
+# resumable; writes docs/results/cpu_learning.{json,md,*.png}. ARGS=--quick for a smoke size.
+bench-learning: install
+	$(PY) scripts/bench_learning.py $(ARGS)
 
 clean:
 	rm -rf $(VENV)

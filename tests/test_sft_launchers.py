@@ -14,7 +14,6 @@ import yaml
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESET = ROOT / "recipe" / "prefix_rft" / "config" / "preset" / "rl_sft_loss.yaml"
 
 
 def _run(script: str, *args: str, cwd: Path, **env_extra: str) -> subprocess.CompletedProcess:
@@ -77,11 +76,8 @@ def test_sft_then_rl_rejects_an_unknown_rl(tmp_path):
 
 def test_rl_sft_loss_launcher_asks_for_the_rl_sft_loss_preset(tmp_path):
     out = _run("run_rl_sft_loss_qwen7b.sh", cwd=tmp_path)
-    if PRESET.exists():  # the preset lands with the presets' branch: then the launcher must compose it
-        (cfg,) = _docs(out)
-        assert cfg.trainer.experiment_name == "rl_sft_loss_qwen2.5_math_7b"
-        assert cfg.prefix_rft.num_prefixed == 0
-    else:
-        # no preset group yet: hydra adds a plain key `preset: rl_sft_loss` (the RL+SFT-loss keys come with it)
-        (cfg,) = _docs(out)
-        assert cfg.preset == "rl_sft_loss" and "+preset=rl_sft_loss" in out.stderr
+    (cfg,) = _docs(out)
+    assert cfg.trainer.experiment_name == "rl_sft_loss_qwen2.5_math_7b"
+    # the preset's keys (recipe/prefix_rft/config/preset/rl_sft_loss.yaml): 8 on-policy rollouts + the demo
+    assert cfg.actor_rollout_ref.rollout.n == 9 and cfg.prefix_rft.num_prefixed == 1
+    assert cfg.prefix_rft.loss.sft_coef == 1.0 and cfg.prefix_rft.loss.prefix_tokens == "freeze"
