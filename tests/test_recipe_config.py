@@ -267,3 +267,36 @@ def test_validation_rows_that_would_be_prefixed_are_refused(tmp_path):
         validate_verl_config(recipe_config(f"data.val_files=[{clean},{reused}]"))
     # plain RFT never prefixes, so the same file is fine there
     validate_verl_config(recipe_config(f"data.val_files={reused}", "prefix_rft.num_prefixed=0"))
+
+
+def _model_dir(tmp_path, max_position_embeddings):
+    model = tmp_path / f"model_{max_position_embeddings}"
+    model.mkdir()
+    (model / "config.json").write_text(f'{{"max_position_embeddings": {max_position_embeddings}}}')
+    return str(model)
+
+
+def test_context_window_too_small_fails_at_start_up_naming_keys_and_numbers(tmp_path):
+    model = _model_dir(tmp_path, 4096)  # the stock Qwen2.5-Math-7B window; the recipe wants 1024 + 8192
+    with pytest.raises(
+        PrefixRFTConfigError,
+        match=r"data\.max_prompt_length \+ data\.max_response_length = 1024 \+ 8192 = 9216 exceeds the rollout "
+        r"context window of 4096 tokens \(the model's max_position_embeddings=4096\)",
+    ):
+        validate_verl_config(recipe_config(f"actor_rollout_ref.model.path={model}"))
+    with pytest.raises(PrefixRFTConfigError, match=r"rollout\.max_model_len=8192 exceeds the model's max_po"):
+        validate_verl_config(
+            recipe_config(
+                f"actor_rollout_ref.model.path={model}", "actor_rollout_ref.rollout.max_model_len=8192"
+            )
+        )
+    big = _model_dir(tmp_path, 9216)
+    validate_verl_config(recipe_config(f"actor_rollout_ref.model.path={big}"))  # exactly fits on vLLM
+    with pytest.raises(
+        PrefixRFTConfigError, match=r"window of 9215 tokens .*minus SGLang's 1-token headroom"
+    ):
+        validate_verl_config(
+            recipe_config(f"actor_rollout_ref.model.path={big}", "actor_rollout_ref.rollout.name=sglang")
+        )
+    with pytest.raises(PrefixRFTConfigError, match=r"actor_rollout_ref\.rollout\.max_model_len=9000\)"):
+        validate_verl_config(recipe_config("actor_rollout_ref.rollout.max_model_len=9000"))
