@@ -44,6 +44,13 @@ def prefix_config_from_verl(cfg: Any) -> PrefixRFTConfig:
             "(config recipe/prefix_rft/config/prefix_rft_trainer.yaml), which defines it."
         )
     rollout_n = _select(cfg, "actor_rollout_ref.rollout.n")
+    if rollout_n is not None and not (
+        isinstance(rollout_n, int) and not isinstance(rollout_n, bool) and rollout_n >= 1
+    ):
+        raise PrefixRFTConfigError(
+            f"actor_rollout_ref.rollout.n={rollout_n!r} is invalid: expected an integer >= 1 (rollouts per "
+            "prompt; the paper uses 8). Fix: actor_rollout_ref.rollout.n=8"
+        )
     return from_dict(block, rollout_n=int(rollout_n) if rollout_n is not None else None)
 
 

@@ -300,3 +300,34 @@ def test_context_window_too_small_fails_at_start_up_naming_keys_and_numbers(tmp_
         )
     with pytest.raises(PrefixRFTConfigError, match=r"actor_rollout_ref\.rollout\.max_model_len=9000\)"):
         validate_verl_config(recipe_config("actor_rollout_ref.rollout.max_model_len=9000"))
+
+
+def test_rollout_n_zero_blames_rollout_n():
+    with pytest.raises(
+        PrefixRFTConfigError, match=r"actor_rollout_ref\.rollout\.n=0 is invalid: expected an integer >= 1"
+    ):
+        validate_verl_config(recipe_config("actor_rollout_ref.rollout.n=0"))
+
+
+def test_launcher_defaults_python_to_the_repo_venv_and_takes_cfg_job_anywhere(tmp_path):
+    assert (ROOT / ".venv" / "bin" / "python").exists()  # as `make` builds it
+    env = _env()
+    env.pop("PYTHON")
+    env["PATH"] = "/usr/bin:/bin"  # a python3 without hydra first on PATH must not matter
+    run = lambda *args: subprocess.run(  # noqa: E731
+        ["bash", str(ROOT / "scripts" / "run_rft_qwen7b.sh"), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env=env,
+    )
+    out = run("trainer.nnodes=2", "--cfg", "job", "trainer.n_gpus_per_node=4")
+    assert out.returncode == 0, out.stderr[-3000:]
+    cfg = OmegaConf.create(yaml.safe_load(out.stdout))
+    assert (cfg.trainer.nnodes, cfg.trainer.n_gpus_per_node, cfg.prefix_rft.num_prefixed) == (2, 4, 0)
+    assert str(ROOT / ".venv" / "bin" / "python") in out.stderr  # the traced command line
+    assert not (tmp_path / "outputs").exists()  # print-only: no hydra output folder
+    bad = run("--cfg", "job", "prefix_rft.ratio.high=1.5")
+    assert bad.returncode != 0
+    assert "invalid config: prefix_rft.ratio.high=1.5 is invalid" in bad.stderr
