@@ -28,6 +28,7 @@ from prefix_rft.core.entropy import minibatch_group_ids, num_kept
 from prefix_rft.core.schedule import ratio_bounds
 from prefix_rft.trainer import (
     METRIC_KEYS,
+    MINIBATCH_FIELDS,
     PrefixRFTTrainer,
     actor_minibatch_group_ids,
     build_keep_mask,
@@ -414,6 +415,12 @@ def test_trainer_hooks_on_transfer_queue(transfer_queue):
         assert int(keep[sel].sum()) == math.ceil(0.2 * n_prefix)
         assert entropy[sel][keep[sel]].min() >= entropy[sel][prefix[sel] & ~keep[sel]].max()
     assert not (keep & ~prefix).any() and not (prefix & ~resp).any()
+
+    # (b') the replay record the actor loss checks: predicted mini-batch id, their count, the step
+    replay = tq.kv_batch_get(keys=batch.keys, partition_id="train", select_fields=list(MINIBATCH_FIELDS))
+    assert torch.equal(replay["prefix_rft_minibatch"].reshape(-1), groups)
+    assert replay["prefix_rft_num_minibatches"].reshape(-1).tolist() == [2] * 16
+    assert replay["prefix_rft_step"].reshape(-1).tolist() == [3] * 16
 
     # (d) metrics
     assert {f"prefix_rft/{k}" for k in METRIC_KEYS} <= set(metrics)
