@@ -199,7 +199,9 @@ def row_uid(kwargs: Mapping[str, Any]) -> str:
 def extract_demos(value: Any) -> list[str]:
     """The non-empty demonstration texts of a row's demo column (``[]`` when there are none).
 
-    Accepts a string, a list/array of strings, or a list of chat messages ``{"content": ...}``.
+    Accepts a string, a list/array of strings, or a list of chat messages ``{"content": ...}``. Any other
+    value (a number, bytes, a mapping without a string ``content``...) is unusable: it yields ``[]`` (the
+    sample is counted in ``demo_missing``), never an exception inside the rollout.
     """
     value = _plain(value)
     if value is None:
@@ -208,6 +210,8 @@ def extract_demos(value: Any) -> list[str]:
         value = [value]
     if isinstance(value, Mapping):
         value = [value]
+    if not isinstance(value, (list, tuple)):
+        return []
     demos = []
     for item in value:
         item = _plain(item)

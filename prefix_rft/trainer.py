@@ -49,7 +49,7 @@ from prefix_rft.advantage import ESTIMATOR_NAME, prefix_rows
 from prefix_rft.config import EntropyClipConfig, PrefixRFTConfig
 from prefix_rft.core.entropy import select_top_entropy
 from prefix_rft.core.schedule import ratio_bounds
-from prefix_rft.verl_config import validate_verl_config
+from prefix_rft.verl_config import check_training_rows, validate_verl_config
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
@@ -236,6 +236,17 @@ class PrefixRFTTrainer(PPOTrainerSync):
     def __init__(self, config):
         super().__init__(config)
         self.prefix_cfg: PrefixRFTConfig = validate_verl_config(config)
+
+    def _init_dataloader(self):
+        """verl's dataloaders; an all-filtered training set fails naming ``data.max_prompt_length``."""
+        try:
+            super()._init_dataloader()
+        except Exception:
+            dataset = getattr(self, "train_dataset", None)
+            if dataset is not None:
+                check_training_rows(len(dataset), self.config)
+            raise
+        check_training_rows(len(self.train_dataset), self.config)
 
     # -- (e) the actor loss ------------------------------------------------------------------------
 

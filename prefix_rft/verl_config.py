@@ -230,6 +230,7 @@ def validate_verl_config(cfg: Any) -> PrefixRFTConfig:
                 "actor_rollout_ref.actor.policy_loss.loss_mode=vanilla",
             )
         check_val_files(_select(cfg, "data.val_files"), pcfg.demo_key)
+        check_train_files(_select(cfg, "data.train_files"), pcfg.demo_key)
     check_context_length(cfg)
     return pcfg
 
@@ -264,3 +265,64 @@ def check_val_files(val_files: Any, demo_key: str) -> None:
                     f"Fix: drop the {demo_key!r} column from validation files, or set extra_info.split to one "
                     f"of {VALIDATION_SPLITS}."
                 )
+
+
+TRAIN_SAMPLE_ROWS = 256
+"""Rows of each training file checked against the data contract at start-up (the first ones)."""
+
+
+def check_train_files(train_files: Any, demo_key: str, sample_rows: int = TRAIN_SAMPLE_ROWS) -> None:
+    """Check each ``data.train_files`` parquet at start-up: the demo column exists, and a sample of rows
+    follows the data contract (``prefix_rft/data/contract.py``; schema and the demo column's type).
+
+    A wrong ``prefix_rft.demo_key`` would train as plain RFT, a demo column of ints would drop every hybrid
+    sample; both are refused here naming the file, row, key and fix. Files that do not exist yet are
+    skipped (verl reports them itself).
+    """
+    if train_files is None:
+        return
+    import pyarrow.parquet as pq
+
+    from prefix_rft.data.contract import row_problems
+
+    paths = [train_files] if isinstance(train_files, str) else list(train_files)
+    for path in paths:
+        path = os.path.expanduser(str(path))
+        if not (path.endswith(".parquet") and os.path.isfile(path)):
+            continue
+        parquet = pq.ParquetFile(path)
+        names = parquet.schema_arrow.names
+        if demo_key not in names:
+            raise PrefixRFTConfigError(
+                f"data.train_files: {path} has no column prefix_rft.demo_key={demo_key!r} (its columns: "
+                f"{names}), so no rollout would start from a demonstration. Fix: prefix_rft.demo_key=<the demo "
+                "column>, or prepare the file with `python -m prefix_rft.data prepare ...`"
+            )
+        batch = next(parquet.iter_batches(batch_size=sample_rows), None)
+        for row_index, row in enumerate(batch.to_pylist() if batch is not None else []):
+            problems = row_problems(row, demo_key=demo_key)
+            if problems:
+                raise PrefixRFTConfigError(
+                    f"data.train_files: {path} row {row_index} breaks the data contract: "
+                    + "; ".join(problems)
+                    + f'. Fix the file (`python -c "from prefix_rft.data.contract import validate_parquet; '
+                    f"validate_parquet('{path}', demo_key='{demo_key}')\"` lists every bad row), or point "
+                    "prefix_rft.demo_key at the right column"
+                )
+
+
+def check_training_rows(num_rows: int, cfg: Any) -> None:
+    """Fail when verl's training dataset is empty after its filters, naming ``data.max_prompt_length``.
+
+    verl's dataset drops prompts longer than ``data.max_prompt_length`` (``data.filter_overlong_prompts``);
+    when that drops every row, the sampler fails with an opaque ``num_samples=0``.
+    """
+    if num_rows > 0:
+        return
+    max_prompt = _select(cfg, "data.max_prompt_length")
+    raise PrefixRFTConfigError(
+        f"data.train_files {_select(cfg, 'data.train_files')!r} gave 0 training rows: every prompt is longer "
+        f"than data.max_prompt_length={max_prompt} tokens (verl's data.filter_overlong_prompts dropped them). "
+        "Fix: raise data.max_prompt_length (and keep it + data.max_response_length within the model's "
+        "context), or shorten the prompts"
+    )

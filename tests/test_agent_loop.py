@@ -319,6 +319,24 @@ async def test_log_prob_length_mismatch_is_an_error(tokenizer, rows):
         )
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [7, 3.5, b"bytes", [1, 2], {"role": "assistant"}, {"content": 5}, [[None]], True, torch.tensor([1, 2])],
+)
+async def test_unusable_demo_values_count_as_missing_never_raise(tokenizer, rows, bad):
+    from prefix_rft.agent_loop import extract_demos
+
+    assert extract_demos(bad) == []
+    row = copy.deepcopy(rows[0])
+    row["demonstrations"] = bad
+    server = RecordingServer(tokenizer)
+    out = await make_loop(PrefixRFTAgentLoop, trainer_config(), tokenizer, server).run(
+        dict(SAMPLING), **request(row, session_id=0)
+    )
+    assert (out.is_prefixed, out.prefix_len, out.demo_missing) == (0, 0, 1)
+    assert out.response_ids == server.answer  # an ordinary rollout
+
+
 @pytest.mark.parametrize("case", ["validation_split", "no_demo", "empty_demo", "later_session"])
 async def test_unprefixed_requests_match_verl_single_turn(tokenizer, rows, case):
     row = copy.deepcopy(rows[1])

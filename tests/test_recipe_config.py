@@ -331,3 +331,30 @@ def test_launcher_defaults_python_to_the_repo_venv_and_takes_cfg_job_anywhere(tm
     bad = run("--cfg", "job", "prefix_rft.ratio.high=1.5")
     assert bad.returncode != 0
     assert "invalid config: prefix_rft.ratio.high=1.5 is invalid" in bad.stderr
+
+
+def test_training_files_are_checked_at_start_up(tmp_path):
+    from prefix_rft.testing.tiny import synthetic_math_rows, write_parquet
+
+    rows = synthetic_math_rows(4, split="train")
+    good = write_parquet(rows, str(tmp_path / "train.parquet"))
+    validate_verl_config(recipe_config(f"data.train_files={good}", "data.val_files=null"))
+    with pytest.raises(
+        PrefixRFTConfigError,
+        match=r"train\.parquet has no column prefix_rft\.demo_key='solutions' \(its columns: .*demonstrations",
+    ):
+        validate_verl_config(
+            recipe_config(f"data.train_files={good}", "data.val_files=null", "prefix_rft.demo_key=solutions")
+        )
+    for i, row in enumerate(rows):
+        row["demonstrations"] = [i, i + 1]  # a demo column of ints
+    ints = write_parquet(rows, str(tmp_path / "ints.parquet"))
+    with pytest.raises(
+        PrefixRFTConfigError,
+        match=r"ints\.parquet row 0 breaks the data contract: demonstrations: must be a string or a list of "
+        r"strings\. Fix the file .*validate_parquet",
+    ):
+        validate_verl_config(recipe_config(f"data.train_files=[{ints}]", "data.val_files=null"))
+    validate_verl_config(  # plain RFT ignores the demo column
+        recipe_config(f"data.train_files={ints}", "data.val_files=null", "prefix_rft.num_prefixed=0")
+    )

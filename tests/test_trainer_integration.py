@@ -446,3 +446,25 @@ def test_missing_prefix_fields_error_names_the_agent_loop(transfer_queue):
     trainer = PrefixRFTTrainer.__new__(PrefixRFTTrainer)
     with pytest.raises(RuntimeError, match="default_agent_loop=prefix_rft_agent"):
         trainer._compute_advantage(meta, {})
+
+
+def test_all_prompts_filtered_as_too_long_names_max_prompt_length(tmp_path):
+    from prefix_rft.config import PrefixRFTConfigError
+    from prefix_rft.testing.tiny import build_tiny_tokenizer, synthetic_math_rows, write_parquet
+
+    train = write_parquet(synthetic_math_rows(4, split="train"), str(tmp_path / "train.parquet"))
+    val = write_parquet(synthetic_math_rows(2, split="test", with_demos=False), str(tmp_path / "val.parquet"))
+    trainer = PrefixRFTTrainer.__new__(PrefixRFTTrainer)
+    trainer.config = recipe_config(
+        f"data.train_files={train}",
+        f"data.val_files={val}",
+        "data.max_prompt_length=4",
+        "data.train_batch_size=2",
+        "data.dataloader_num_workers=0",
+    )
+    trainer.tokenizer, trainer.processor, trainer.trainer_mode = build_tiny_tokenizer(), None, "sync"
+    with pytest.raises(
+        PrefixRFTConfigError,
+        match=r"gave 0 training rows: every prompt is longer than data\.max_prompt_length=4",
+    ):
+        trainer._init_dataloader()
