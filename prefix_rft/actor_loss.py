@@ -45,8 +45,8 @@ Decisions (for the trainer engineer):
 Metrics: verl's (``actor/pg_loss``, ``actor/pg_clipfrac`` over all response tokens, ``actor/ppo_kl``,
 ``actor/pg_clipfrac_lower``, ``actor/entropy_loss``, ``kl_loss``, ``kl_coef``) plus, logged as
 ``actor/prefix_rft/...``: ``pg_clipfrac_continuation`` and ``prefix_token_frac`` (means over micro-batches,
-like verl's own ratios) and three exact token counts summed over the step's micro-batches and
-data-parallel ranks: ``demo_tokens``, ``kept_demo_tokens`` (after entropy clipping; with
+like verl's own ratios) and three exact token counts, the step's totals (summed over its micro-batches,
+mini-batches and data-parallel ranks; one PPO epoch): ``demo_tokens``, ``kept_demo_tokens`` (after entropy clipping; with
 ``scope=micro_batch`` this is the only place the real kept fraction shows) and ``clipped_demo_tokens``.
 Every key is emitted by every micro-batch, so verl's data-parallel aggregation (which needs the same
 number of values on every rank) always holds.
