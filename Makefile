@@ -28,7 +28,7 @@ lint: install
 	$(VENV)/bin/ruff format --check prefix_rft recipe scripts tests
 
 demo: install
-	$(PY) scripts/cpu_demo.py
+	$(PY) scripts/cpu_demo.py $(DEMO_ARGS)
 
 bench: install
 	$(PY) scripts/bench_core.py --threads 1

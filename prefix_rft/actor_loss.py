@@ -47,8 +47,8 @@ Decisions (for the trainer engineer):
 Metrics: verl's (``actor/pg_loss``, ``actor/pg_clipfrac`` over all response tokens, ``actor/ppo_kl``,
 ``actor/pg_clipfrac_lower``, ``actor/entropy_loss``, ``kl_loss``, ``kl_coef``) plus, logged as
 ``actor/prefix_rft/...``: ``pg_clipfrac_continuation`` and ``prefix_token_frac`` (means over micro-batches,
-like verl's own ratios) and three exact token counts summed over the step's micro-batches and
-data-parallel ranks: ``demo_tokens``, ``kept_demo_tokens`` (after entropy clipping; with
+like verl's own ratios) and three exact token counts, the step's totals (summed over its micro-batches,
+mini-batches and data-parallel ranks; one PPO epoch): ``demo_tokens``, ``kept_demo_tokens`` (after entropy clipping; with
 ``scope=micro_batch`` this is the only place the real kept fraction shows) and ``clipped_demo_tokens``.
 Every key is emitted by every micro-batch, so verl's data-parallel aggregation (which needs the same
 number of values on every rank) always holds.
@@ -97,6 +97,51 @@ def check_loss_scale_factor(config: Any) -> None:
         )
 
 
+REPLAY_FIELDS = ("prefix_rft_minibatch", "prefix_rft_num_minibatches", "prefix_rft_step")
+"""Per-row fields the trainer writes with the keep-mask (``prefix_rft.trainer.MINIBATCH_FIELDS``)."""
+
+_REPLAY_STATE: dict[str, int | None] = {"step": None, "last": None}
+"""This worker's last checked (step, mini-batch id): micro-batches arrive in training order."""
+
+
+def check_minibatch_replay(data: TensorDict) -> int:
+    """Fail loudly when the actor's mini-batches are not the ones the trainer predicted; return their count.
+
+    The keep-mask is ranked on the driver over mini-batches predicted by replaying verl's split
+    (``prefix_rft.trainer.actor_minibatch_group_ids``). Each row carries its predicted id: a micro-batch
+    must hold one id, and on a worker the ids of a step must run ``0, 0, .., 1, .., M-1`` (then ``0`` again
+    for the next PPO epoch). Returns ``M`` (1 when the batch has no replay fields, e.g. forward-only).
+    """
+    if REPLAY_FIELDS[0] not in data.keys():
+        return 1
+    ids = torch.as_tensor(data[REPLAY_FIELDS[0]]).reshape(-1)
+    count = int(torch.as_tensor(data[REPLAY_FIELDS[1]]).reshape(-1)[0])
+    step = int(torch.as_tensor(data[REPLAY_FIELDS[2]]).reshape(-1)[0])
+    found = sorted({int(i) for i in ids.tolist()})
+    if len(found) != 1:
+        raise RuntimeError(
+            f"step {step}: an actor micro-batch mixes rows of predicted mini-batches {found}: verl formed other "
+            "mini-batches than prefix_rft/trainer.py::actor_minibatch_group_ids replays, so the per-mini-batch "
+            "entropy ranking is wrong. Fix: update that replay for this verl version, or set "
+            "prefix_rft.entropy_clip.scope=batch"
+        )
+    current, state = found[0], _REPLAY_STATE
+    if state["step"] != step:
+        expected = {0}
+    else:
+        last = int(state["last"])
+        expected = {last, last + 1} | ({0} if last == count - 1 else set())
+    if current not in expected:
+        raise RuntimeError(
+            f"step {step}: actor mini-batch {current} arrived after mini-batch {state['last']} (expected one "
+            f"of {sorted(expected)} of {count}): verl's mini-batch order differs from the trainer's replay "
+            "(prefix_rft/trainer.py::actor_minibatch_group_ids). Fix: update that replay for this verl "
+            "version, or set prefix_rft.entropy_clip.scope=batch"
+        )
+    state["step"], state["last"] = step, current
+    return max(count, 1)
+
+
 def _clip_params(config: Any) -> tuple[float, float, float]:
     """Clip ratios exactly as verl's ``compute_policy_loss_vanilla`` reads them."""
     clip_ratio = config.clip_ratio
@@ -143,6 +188,7 @@ def prefix_rft_ppo_loss(
             "the batch carries prefix_mask but the loss has no prefix_rft config: install it with "
             "actor_rollout_wg.set_loss_fn(make_prefix_rft_loss_fn(actor_config, prefix_cfg))"
         )
+    num_minibatches = check_minibatch_replay(data)
     loss_mode = config.policy_loss.get("loss_mode", "vanilla")
     if loss_mode != "vanilla":
         raise ValueError(
@@ -241,9 +287,10 @@ def prefix_rft_ppo_loss(
         "prefix_rft/prefix_token_frac": prefix_frac.item(),
     }
     metrics: dict[str, Any] = dict(Metric.from_dict(pg_metrics, aggregation=AggregationType.MEAN))
-    # Exact counts: verl's SUM aggregation averages over dp ranks, then sums over micro-batches, so each
-    # rank reports count * dp_size and the logged value is the step's global total.
-    dp_size = int(config.global_batch_info["dp_size"])
+    # Step totals: verl averages each SUM metric over dp ranks and sums it over a mini-batch's micro-batches
+    # (Metric.aggregate_dp), then the trainer averages the mini-batches (reduce_metrics). So each micro-batch
+    # reports count * dp_size * mini-batches and the logged value is the step's total (one epoch).
+    dp_size = int(config.global_batch_info["dp_size"]) * num_minibatches
     n_demo = prefix_mask.sum()
     counts = {
         "prefix_rft/demo_tokens": n_demo,

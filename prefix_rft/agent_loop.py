@@ -27,7 +27,7 @@ How a hybrid sample is built (token in, token out; nothing is decoded and re-enc
 Per-sample fields (0-d tensors in TransferQueue, ``[B]`` when fetched): ``is_prefixed`` (0/1),
 ``prefix_ratio`` (float, -1 when no prefix), ``prefix_len`` (tokens), ``demo_missing`` (0/1: a sample
 that should have had a prefix found no usable demo), ``demo_truncated`` (0/1: the prefix was cut to the
-response budget). Per-token field: ``prefix_mask`` (int64, same length as ``response_mask``; TQ stores it
+response budget, or to the server's context window so that prompt + prefix leaves room to generate). Per-token field: ``prefix_mask`` (int64, same length as ``response_mask``; TQ stores it
 as a jagged tensor exactly like ``response_mask``, so ``to_padded_tensor()`` right-pads both alike).
 
 Row identity: ``row_uid = "<extra_info.index>:<digest of the prompt messages>"`` (stable across runs
@@ -65,7 +65,7 @@ from verl.workers.rollout.replica import TokenOutput
 from prefix_rft.config import PrefixRFTConfig
 from prefix_rft.core.schedule import choose_demo, sample_prefix_ratio
 from prefix_rft.core.splice import splice_prefix
-from prefix_rft.verl_config import VALIDATION_SPLITS, prefix_config_from_verl
+from prefix_rft.verl_config import VALIDATION_SPLITS, context_window, prefix_config_from_verl
 
 REASONING_OPEN_TAGS = ("<think>",)
 """Opening tags a chat template may already put at the end of the generation prompt."""
@@ -106,19 +106,33 @@ class PrefixRFTAgentLoopOutput(AgentLoopOutput):
 
 
 class DemoTokenCache:
-    """Per-process LRU cache of tokenized demonstrations: each (row, demo) is encoded once.
+    """Per-process cache of tokenized demonstrations, holding only the current step's rows.
 
-    Concurrent sessions of the same row share one in-flight encode. ``encodes`` counts real encodes.
+    What a step reuses is the ``num_prefixed`` sessions of one row, which run concurrently in one worker:
+    they share one in-flight encode and its result. A row comes back only after an epoch, usually to
+    another worker, so entries of earlier steps are dropped when a later step's first request arrives:
+    the cache holds at most the rows this worker serves in one step (``max_entries`` is a backstop).
+    ``encodes`` counts real encodes.
     """
 
-    def __init__(self, max_entries: int = 8192):
+    def __init__(self, max_entries: int = 1024):
         self.max_entries = max_entries
         self._done: OrderedDict[tuple, list[int]] = OrderedDict()
         self._inflight: dict[tuple, asyncio.Future] = {}
+        self.step: int | None = None
         self.encodes = 0
 
-    async def get(self, key: tuple, encode) -> list[int]:
-        """Ids for ``key``, running the blocking ``encode()`` in an executor on a miss."""
+    def __len__(self) -> int:
+        return len(self._done)
+
+    async def get(self, key: tuple, encode, step: int | None = None) -> list[int]:
+        """Ids for ``key``, running the blocking ``encode()`` in an executor on a miss.
+
+        ``step`` is the request's global step: a step later than the cache's drops every entry.
+        """
+        if step is not None and (self.step is None or step > self.step):
+            self._done.clear()
+            self.step = step
         if key in self._done:
             self._done.move_to_end(key)
             return self._done[key]
@@ -141,6 +155,7 @@ class DemoTokenCache:
         """Drop every entry (tests)."""
         self._done.clear()
         self._inflight.clear()
+        self.step = None
         self.encodes = 0
 
 
@@ -184,7 +199,9 @@ def row_uid(kwargs: Mapping[str, Any]) -> str:
 def extract_demos(value: Any) -> list[str]:
     """The non-empty demonstration texts of a row's demo column (``[]`` when there are none).
 
-    Accepts a string, a list/array of strings, or a list of chat messages ``{"content": ...}``.
+    Accepts a string, a list/array of strings, or a list of chat messages ``{"content": ...}``. Any other
+    value (a number, bytes, a mapping without a string ``content``...) is unusable: it yields ``[]`` (the
+    sample is counted in ``demo_missing``), never an exception inside the rollout.
     """
     value = _plain(value)
     if value is None:
@@ -193,6 +210,8 @@ def extract_demos(value: Any) -> list[str]:
         value = [value]
     if isinstance(value, Mapping):
         value = [value]
+    if not isinstance(value, (list, tuple)):
+        return []
     demos = []
     for item in value:
         item = _plain(item)
@@ -256,9 +275,14 @@ class _SplicingClient:
         self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any], **kwargs: Any
     ) -> TokenOutput:
         plan, agent = self.plan, self.agent
-        demo_ids = await agent.demo_ids(plan, prompt_ids)
+        demo_ids = await agent.demo_ids(plan, prompt_ids, step=self.global_steps)
+        room = None if agent.context_window is None else agent.context_window - len(prompt_ids)
         splice = splice_prefix(
-            demo_ids, plan.ratio, agent.response_length, agent.prefix_cfg.ratio.min_prefix_tokens
+            demo_ids,
+            plan.ratio,
+            agent.response_length,
+            agent.prefix_cfg.ratio.min_prefix_tokens,
+            context_room=room,
         )
         plan.prefix_ids, plan.truncated = splice.prefix_ids, splice.truncated
         prefix = splice.prefix_ids
@@ -281,10 +305,33 @@ class _SplicingClient:
         output: TokenOutput = await self.inner.generate(
             request_id, prompt_ids=list(prompt_ids) + list(prefix), sampling_params=params, **kwargs
         )
-        log_probs = [0.0] * len(prefix) + list(output.log_probs) if output.log_probs else None
+        log_probs = continuation_log_probs(want_logprobs, len(prefix), output, request_id)
         return output.model_copy(
             update={"token_ids": list(prefix) + list(output.token_ids), "log_probs": log_probs}
         )
+
+
+def continuation_log_probs(
+    want_logprobs: bool, prefix_len: int, output: TokenOutput, request_id: str
+) -> list[float] | None:
+    """Log-probs of ``prefix + continuation``: decided by ``want_logprobs`` alone, never by the server's list.
+
+    With log-probs requested every hybrid sample carries them (0.0 on the prefix), even when the
+    continuation is empty (``[]`` from a clamped ``max_tokens``); a server list whose length differs from
+    its tokens (SGLang's ``[]`` on a log-prob length mismatch) is an error, since a sample silently without
+    ``rollout_log_probs`` next to siblings with them breaks verl's batch. Without the request: None.
+    """
+    if not want_logprobs:
+        return None
+    tokens, server = list(output.token_ids), list(output.log_probs or [])
+    if len(server) != len(tokens):
+        raise RuntimeError(
+            f"request {request_id}: the rollout server returned {len(tokens)} tokens but {len(server)} "
+            "log-probs with sampling_params.logprobs set; rollout_log_probs must cover every token. "
+            "Fix the server (SGLang returns [] on a log-prob length mismatch), or set "
+            "actor_rollout_ref.rollout.calculate_log_probs=false"
+        )
+    return [0.0] * prefix_len + server
 
 
 @register("prefix_rft_agent")
@@ -301,6 +348,8 @@ class PrefixRFTAgentLoop(SingleTurnAgentLoop):
                 "trainer drops prefix_mask and session_id. Set trainer.use_v1=True."
             )
         self.prefix_cfg = load_prefix_rft_config(self.config)
+        # Tokens prompt + response may span on the server (None: unknown, then no cap).
+        self.context_window, _ = context_window(self.config)
 
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> PrefixRFTAgentLoopOutput:
         """verl's single-turn rollout; sessions ``< num_prefixed`` of a training row splice a demo prefix."""
@@ -352,7 +401,9 @@ class PrefixRFTAgentLoop(SingleTurnAgentLoop):
         ratio = sample_prefix_ratio(step, cfg.ratio, seed=cfg.seed, uid=uid, sample_index=session)
         return PrefixPlan(demo_text=demos[idx], demo_index=idx, ratio=ratio, cache_key=(uid, idx))
 
-    async def demo_ids(self, plan: PrefixPlan, prompt_ids: Sequence[int]) -> list[int]:
+    async def demo_ids(
+        self, plan: PrefixPlan, prompt_ids: Sequence[int], step: int | None = None
+    ) -> list[int]:
         """Token ids of the planned demo (cached): text ids + eos, reasoning tag de-duplicated."""
         tail = self.tokenizer.decode(list(prompt_ids[-8:]), skip_special_tokens=False)
         text = strip_reasoning_open_tag(tail, plan.demo_text)
@@ -364,7 +415,7 @@ class PrefixRFTAgentLoop(SingleTurnAgentLoop):
                 ids.append(eos)
             return ids
 
-        return await self.demo_cache.get((*plan.cache_key, text != plan.demo_text), encode)
+        return await self.demo_cache.get((*plan.cache_key, text != plan.demo_text), encode, step=step)
 
     @staticmethod
     def _wrap(

@@ -16,17 +16,26 @@ answer is the text after the last ``</think>`` when the response has one, else t
 No box -> score 0. Multiple-choice benchmarks (``data_source`` in :data:`MULTIPLE_CHOICE_SOURCES`, or
 ``extra_info["answer_type"] == "multiple_choice"``) compare the boxed option letter with the ground truth.
 
-Safety. math-verify bounds its own run time with ``signal.alarm``, which raises off the main thread;
-here its timeouts are disabled (``parsing_timeout=None, timeout_seconds=None``) so the function works
-in threads and asyncio executors, and its run time is bounded by guards applied BEFORE parsing instead
-(measured on math-verify 0.9.0: nested brace groups cost ~2x per level, a 30-deep parenthesis nest
-~10 s, ``9^{9^{9}}`` never finishes and holds the GIL). A response that trips a guard scores 0. The
-function never raises: any error scores 0 (and is counted in :data:`STATS`).
+Safety. math-verify bounds its own run time with ``signal.alarm``, which raises off the main thread,
+so its timeouts are disabled (``parsing_timeout=None, timeout_seconds=None``). Two layers bound a call
+instead. (1) Cheap guards reject known-explosive shapes BEFORE parsing (nested brace groups cost ~2x per
+level, a 30-deep parenthesis nest ~10 s, ``9^{9^{9}}`` never finishes). (2) Every math-verify call runs in
+a small pool of verifier subprocesses (:class:`VerifyPool`, ``python -m prefix_rft.reward
+--verify-worker``, kept warm and reused) with a wall-clock bound, :data:`TIMEOUT_S` (1 s by default; per call
+``compute_score(..., timeout_s=...)``, i.e. ``reward.custom_reward_function.reward_kwargs.timeout_s``): a
+worker that overruns is killed (SIGKILL) and replaced, the answer scores 0 and ``timeout`` is 1 in the
+returned dict (logged by verl per sample, and summed by the trainer as ``prefix_rft/reward_timeouts``).
+Shapes the guards let through but that run for minutes holding the GIL (``9999999!``, ``99999!!``,
+``((((9!)!)!)!)``, ``\\sum_{k=1}^{99999} k^{99999}``) are cut by (2). The caller's thread only waits on a
+pipe, so the function is thread-safe and never stalls other threads; the pool serves concurrent callers.
+The function never raises: any error scores 0 (and is counted in :data:`STATS`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import queue
 import re
 import threading
 from collections import Counter
@@ -48,6 +57,11 @@ MAX_EXPONENT_DIGITS = 5
 """Longest literal exponent after ``^`` or ``**`` (10^{99999} evaluates in ~0.2 s; 10^{10^7} in ~9 s)."""
 MAX_POWERS = 8
 """Most ``^``/``**`` operators in one answer."""
+
+TIMEOUT_S = 1.0
+"""Wall-clock bound of one math-verify equivalence check (seconds); overrun = score 0, ``timeout`` 1."""
+POOL_SIZE = int(os.environ.get("PREFIX_RFT_REWARD_WORKERS", "4"))
+"""Verifier processes per reward process (env ``PREFIX_RFT_REWARD_WORKERS``); callers beyond it queue."""
 
 MULTIPLE_CHOICE_SOURCES = frozenset({"arc_c", "gpqa_diamond", "mmlu_pro"})
 """``data_source`` values scored as multiple choice (the OOD sets written by ``prefix_rft.data``)."""
@@ -213,20 +227,192 @@ def _math_verify():
     return _MV_CACHE
 
 
-def math_equal(pred: str, gold: str) -> bool:
-    """math-verify equivalence of two final answers (box contents), timeouts off (thread safe).
-
-    Both sides are wrapped as ``\\boxed{...}`` so they are normalised the same way. Callers must have
-    checked :func:`guard_reason` on both.
-    """
-    if _normalise(pred) == _normalise(gold):
-        return True
+def _verify_in_process(pred: str, gold: str) -> bool:
+    """math-verify equivalence of two final answers, in this process, timeouts off (runs in a worker)."""
     parse, verify, config = _math_verify()
     gold_parsed = parse("\\boxed{" + gold + "}", extraction_config=config, parsing_timeout=None)
     pred_parsed = parse("\\boxed{" + pred + "}", extraction_config=config, parsing_timeout=None)
     if not gold_parsed or not pred_parsed:
         return False
     return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
+
+
+def _worker_loop(stdin=None, stdout=None) -> None:
+    """Verifier process (``python -m prefix_rft.reward --verify-worker``): one JSON ``[pred, gold]`` per line
+    in, one line out: ``1``/``0``, or ``E <error>``. Says ``ready`` once math-verify is imported."""
+    import json
+    import sys
+
+    stdin, stdout = stdin or sys.stdin.buffer, stdout or sys.stdout.buffer
+    _math_verify()
+    _verify_in_process("\\frac{1}{2}", "0.5")  # math-verify's first parse builds its grammars: not in a bound
+    stdout.write(b"ready\n")
+    stdout.flush()
+    for line in stdin:
+        try:
+            pred, gold = json.loads(line)
+            reply = b"1\n" if _verify_in_process(pred, gold) else b"0\n"
+        except Exception as err:  # noqa: BLE001 - reported to the caller, which scores 0
+            reply = ("E " + repr(err).replace("\n", " ") + "\n").encode()
+        stdout.write(reply)
+        stdout.flush()
+
+
+class VerifyTimeout(Exception):
+    """A math-verify check overran its wall-clock bound (the worker was killed)."""
+
+
+class _Worker:
+    """One verifier subprocess speaking the line protocol of :func:`_worker_loop`."""
+
+    def __init__(self, start_timeout: float):
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "prefix_rft.reward", "--verify-worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            bufsize=0,
+        )
+        self._buf = b""
+        if self.readline(start_timeout) != b"ready":
+            self.kill()
+            raise RuntimeError(
+                f"the reward verifier process (python -m prefix_rft.reward --verify-worker) did not start "
+                f"within {start_timeout} s; check that math-verify is installed in {sys.executable}"
+            )
+
+    def readline(self, timeout: float) -> bytes | None:
+        """The next line (without newline), or None when ``timeout`` passes first or the process died."""
+        import selectors
+        import time
+
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            while b"\n" not in self._buf:
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    return None
+                chunk = os.read(self.proc.stdout.fileno(), 65536)
+                if not chunk:
+                    return None
+                self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(5)
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            pipe.close()
+
+
+class VerifyPool:
+    """Up to ``size`` verifier subprocesses; a check that overruns its bound kills its worker.
+
+    All ``size`` workers start (in background threads) on the first check; a start imports math-verify
+    (~2 s), outside any check's bound. Workers are reused; a killed worker is replaced at once in the
+    background, so the next check usually finds a warm one. Thread-safe: each worker serves one caller
+    at a time; callers beyond ``size`` wait for a free worker (that wait is not part of the bound).
+    """
+
+    START_TIMEOUT_S = 120.0
+
+    def __init__(self, size: int = POOL_SIZE):
+        self.size = max(int(size), 1)
+        self._idle: queue.LifoQueue = queue.LifoQueue()
+        self._lock = threading.Lock()
+        self._started = 0
+        self.kills = 0
+
+    def _start_one(self) -> None:
+        try:
+            self._idle.put(_Worker(self.START_TIMEOUT_S))
+        except Exception as err:  # noqa: BLE001 - handed to the waiting caller, which scores 0
+            with self._lock:
+                self._started -= 1
+            self._idle.put(err)
+
+    def _top_up(self) -> None:
+        """Start (in background threads) as many workers as are missing from ``size``."""
+        with self._lock:
+            missing, self._started = self.size - self._started, self.size
+        for _ in range(missing):
+            threading.Thread(target=self._start_one, daemon=True, name="prefix_rft_verify_start").start()
+
+    def _acquire(self) -> _Worker:
+        self._top_up()
+        worker = self._idle.get()
+        if isinstance(worker, Exception):
+            raise worker
+        return worker
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.kill()
+        with self._lock:
+            self._started -= 1
+        self._top_up()
+
+    def verify(self, pred: str, gold: str, timeout: float) -> bool:
+        """math-verify equivalence within ``timeout`` seconds; raises :class:`VerifyTimeout` past it."""
+        import json
+
+        worker = self._acquire()
+        try:
+            worker.proc.stdin.write((json.dumps([pred, gold]) + "\n").encode())
+            reply = worker.readline(timeout)
+        except BaseException:
+            self._replace(worker)
+            raise
+        if reply is None:
+            self.kills += 1
+            self._replace(worker)
+            raise VerifyTimeout(f"math-verify ran over {timeout} s")
+        self._idle.put(worker)
+        if reply.startswith(b"E"):
+            raise RuntimeError(f"math-verify failed in the verifier process: {reply[2:].decode()}")
+        return reply == b"1"
+
+    def wait_warm(self, timeout: float = START_TIMEOUT_S) -> bool:
+        """Start the workers and wait until all ``size`` are idle (tests, benchmarks); False on timeout."""
+        import time
+
+        self._top_up()
+        deadline = time.monotonic() + timeout
+        while self._idle.qsize() < self.size:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def close(self) -> None:
+        """Stop every idle worker (tests)."""
+        while True:
+            try:
+                worker = self._idle.get_nowait()
+            except queue.Empty:
+                return
+            worker.kill()
+            with self._lock:
+                self._started -= 1
+
+
+POOL = VerifyPool()
+
+
+def math_equal(pred: str, gold: str, timeout_s: float | None = None) -> bool:
+    """math-verify equivalence of two final answers (box contents), bounded by ``timeout_s`` (thread safe).
+
+    Both sides are wrapped as ``\\boxed{...}`` so they are normalised the same way. Equal normalised
+    strings return True at once; anything else runs in :data:`POOL` and raises :class:`VerifyTimeout` after
+    ``timeout_s`` (default :data:`TIMEOUT_S`). Callers must have checked :func:`guard_reason` on both.
+    """
+    if _normalise(pred) == _normalise(gold):
+        return True
+    return POOL.verify(pred, gold, TIMEOUT_S if timeout_s is None else float(timeout_s))
 
 
 def _normalise(s: str) -> str:
@@ -267,8 +453,10 @@ def _gold_answer(ground_truth: Any) -> str:
     return gold
 
 
-def score_answer(solution_str: str, ground_truth: Any, multiple_choice: bool = False) -> dict:
-    """Score one response against its ground truth: ``{"score": 0.0|1.0, "acc": bool, "pred": str}``.
+def score_answer(
+    solution_str: str, ground_truth: Any, multiple_choice: bool = False, timeout_s: float | None = None
+) -> dict:
+    """Score one response: ``{"score": 0.0|1.0, "acc": bool, "pred": str, "timeout": 0|1}``.
 
     Never raises; a response without a box, with an unsafe answer (see the guards) or one that errors
     scores 0 (``pred`` holds the extracted box content, ``""`` when there is none).
@@ -296,15 +484,18 @@ def score_answer(solution_str: str, ground_truth: Any, multiple_choice: bool = F
             if reason is not None:
                 _count(f"guard:{side}:{reason}")
                 return _result(False, pred)
-        return _result(math_equal(pred, gold), pred)
+        return _result(math_equal(pred, gold, timeout_s), pred)
+    except VerifyTimeout:
+        _count("timeout")
+        return _result(False, pred, timeout=True)
     except Exception:  # noqa: BLE001 - a reward function must never crash the trainer
         _count("error")
         logger.debug("reward error", exc_info=True)
         return _result(False, pred)
 
 
-def _result(correct: bool, pred: str) -> dict:
-    return {"score": 1.0 if correct else 0.0, "acc": bool(correct), "pred": pred}
+def _result(correct: bool, pred: str, timeout: bool = False) -> dict:
+    return {"score": 1.0 if correct else 0.0, "acc": bool(correct), "pred": pred, "timeout": int(timeout)}
 
 
 def is_multiple_choice(data_source: Any, extra_info: Any) -> bool:
@@ -315,12 +506,29 @@ def is_multiple_choice(data_source: Any, extra_info: Any) -> bool:
 
 
 def compute_score(
-    data_source: Any, solution_str: str, ground_truth: Any, extra_info: Any = None, **kwargs: Any
+    data_source: Any,
+    solution_str: str,
+    ground_truth: Any,
+    extra_info: Any = None,
+    timeout_s: float | None = None,
+    **kwargs: Any,
 ) -> dict:
     """verl custom reward entry point (signature of verl 0.9.1's reward loop); see the module docstring.
 
-    Returns ``{"score": float (0.0 or 1.0), "acc": bool, "pred": str}``.
+    Returns ``{"score": float (0.0 or 1.0), "acc": bool, "pred": str, "timeout": 0|1}``. ``timeout_s``
+    bounds the equivalence check (default :data:`TIMEOUT_S`; set it with
+    ``reward.custom_reward_function.reward_kwargs.timeout_s``).
     """
     return score_answer(
-        solution_str, ground_truth, multiple_choice=is_multiple_choice(data_source, extra_info)
+        solution_str,
+        ground_truth,
+        multiple_choice=is_multiple_choice(data_source, extra_info),
+        timeout_s=timeout_s,
     )
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--verify-worker"]:
+        _worker_loop()

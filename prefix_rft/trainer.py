@@ -49,13 +49,17 @@ from prefix_rft.advantage import ESTIMATOR_NAME, prefix_rows
 from prefix_rft.config import EntropyClipConfig, PrefixRFTConfig
 from prefix_rft.core.entropy import select_top_entropy
 from prefix_rft.core.schedule import ratio_bounds
-from prefix_rft.verl_config import validate_verl_config
+from prefix_rft.verl_config import check_training_rows, validate_verl_config
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
 
 TOKEN_FIELD = "prefix_mask"
 KEEP_FIELD = "prefix_keep_mask"
+MINIBATCH_FIELDS = ("prefix_rft_minibatch", "prefix_rft_num_minibatches", "prefix_rft_step")
+"""Per-row replay record written with the keep-mask: predicted mini-batch id, mini-batches per epoch, step.
+
+The actor loss checks every micro-batch against it (:func:`prefix_rft.actor_loss.check_minibatch_replay`)."""
 ROW_FIELDS = ("is_prefixed", "prefix_ratio", "prefix_len", "demo_missing", "demo_truncated")
 
 METRIC_KEYS = (
@@ -137,6 +141,16 @@ def actor_minibatch_group_ids(
         for j, mini in enumerate(it):
             group[mini["row"]] = j
     return group
+
+
+def minibatch_replay_fields(group_ids: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+    """The :data:`MINIBATCH_FIELDS` of each row (``[B]`` int64): predicted mini-batch, their count, step."""
+    rows = group_ids.shape[0]
+    return {
+        MINIBATCH_FIELDS[0]: group_ids.to(torch.int64),
+        MINIBATCH_FIELDS[1]: torch.full((rows,), int(group_ids.max()) + 1 if rows else 0, dtype=torch.int64),
+        MINIBATCH_FIELDS[2]: torch.full((rows,), int(step), dtype=torch.int64),
+    }
 
 
 def build_keep_mask(
@@ -222,6 +236,17 @@ class PrefixRFTTrainer(PPOTrainerSync):
     def __init__(self, config):
         super().__init__(config)
         self.prefix_cfg: PrefixRFTConfig = validate_verl_config(config)
+
+    def _init_dataloader(self):
+        """verl's dataloaders; an all-filtered training set fails naming ``data.max_prompt_length``."""
+        try:
+            super()._init_dataloader()
+        except Exception:
+            dataset = getattr(self, "train_dataset", None)
+            if dataset is not None:
+                check_training_rows(len(dataset), self.config)
+            raise
+        check_training_rows(len(self.train_dataset), self.config)
 
     # -- (e) the actor loss ------------------------------------------------------------------------
 
@@ -329,21 +354,21 @@ class PrefixRFTTrainer(PPOTrainerSync):
         prefix = to_padded(data[TOKEN_FIELD], width).long() * resp.long()  # padding rows -> 0
         entropy = to_padded(data["entropy"], width).float()
 
-        group_ids = None
-        if self.prefix_cfg.entropy_clip.scope == "mini_batch":
-            actor = self.config.actor_rollout_ref.actor
-            group_ids = actor_minibatch_group_ids(
-                len(batch),
-                self._actor_dp_size(),
-                actor.ppo_mini_batch_size * self.config.actor_rollout_ref.rollout.n,
-                shuffle=bool(actor.shuffle),
-                seed=int(actor.data_loader_seed),
-            )
-        keep = build_keep_mask(entropy, prefix, self.prefix_cfg.entropy_clip, group_ids)
+        actor = self.config.actor_rollout_ref.actor
+        group_ids = actor_minibatch_group_ids(
+            len(batch),
+            self._actor_dp_size(),
+            actor.ppo_mini_batch_size * self.config.actor_rollout_ref.rollout.n,
+            shuffle=bool(actor.shuffle),
+            seed=int(actor.data_loader_seed),
+        )
+        ranked_by = group_ids if self.prefix_cfg.entropy_clip.scope == "mini_batch" else None
+        keep = build_keep_mask(entropy, prefix, self.prefix_cfg.entropy_clip, ranked_by)
         put = TensorDict(
             {
                 TOKEN_FIELD: response_to_nested(prefix, response_mask),
                 KEEP_FIELD: response_to_nested(keep, response_mask),
+                **minibatch_replay_fields(group_ids, self.global_steps),
             },
             batch_size=len(batch),
         )

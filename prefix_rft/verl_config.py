@@ -6,6 +6,8 @@ loop and the actor loss. Every error names the offending key and the fix.
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 from prefix_rft.config import PrefixRFTConfig, PrefixRFTConfigError, from_dict
@@ -43,7 +45,95 @@ def prefix_config_from_verl(cfg: Any) -> PrefixRFTConfig:
             "(config recipe/prefix_rft/config/prefix_rft_trainer.yaml), which defines it."
         )
     rollout_n = _select(cfg, "actor_rollout_ref.rollout.n")
+    if rollout_n is not None and not (
+        isinstance(rollout_n, int) and not isinstance(rollout_n, bool) and rollout_n >= 1
+    ):
+        raise PrefixRFTConfigError(
+            f"actor_rollout_ref.rollout.n={rollout_n!r} is invalid: expected an integer >= 1 (rollouts per "
+            "prompt; the paper uses 8). Fix: actor_rollout_ref.rollout.n=8"
+        )
     return from_dict(block, rollout_n=int(rollout_n) if rollout_n is not None else None)
+
+
+SGLANG_HEADROOM = 1
+"""Tokens SGLang's server keeps free of the context window (its ``max_possible_tokens`` subtracts 1)."""
+
+
+def model_max_position_embeddings(model_path: Any) -> int | None:
+    """``max_position_embeddings`` from the model's HF ``config.json`` (``text_config`` too), or None.
+
+    Reads a local model folder, else the Hugging Face cache (no network). None when neither has it.
+    """
+    if not model_path:
+        return None
+    path = os.path.expanduser(str(model_path))
+    config_file = os.path.join(path, "config.json")
+    if not os.path.isfile(config_file):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(str(model_path), "config.json")
+        except Exception:  # noqa: BLE001 - not a hub id, no cache: the check is skipped
+            cached = None
+        if not isinstance(cached, str):
+            return None
+        config_file = cached
+    with open(config_file) as f:
+        hf = json.load(f)
+    value = hf.get("max_position_embeddings") or (hf.get("text_config") or {}).get("max_position_embeddings")
+    return int(value) if value else None
+
+
+def context_window(cfg: Any) -> tuple[int | None, str]:
+    """Tokens prompt + response may span on the rollout server, and where that number comes from.
+
+    verl's servers use ``actor_rollout_ref.rollout.max_model_len``, or the model's
+    ``max_position_embeddings`` when it is unset (``vLLMHttpServer._validate_configs``); SGLang keeps
+    :data:`SGLANG_HEADROOM` token free. ``(None, "")`` when neither number is known.
+    """
+    max_model_len = _select(cfg, "actor_rollout_ref.rollout.max_model_len")
+    if max_model_len is not None:
+        window, source = int(max_model_len), f"actor_rollout_ref.rollout.max_model_len={int(max_model_len)}"
+    else:
+        mpe = model_max_position_embeddings(_select(cfg, "actor_rollout_ref.model.path"))
+        if mpe is None:
+            return None, ""
+        window, source = mpe, f"the model's max_position_embeddings={mpe}"
+    if _select(cfg, "actor_rollout_ref.rollout.name") == "sglang":
+        window -= SGLANG_HEADROOM
+        source += f" minus SGLang's {SGLANG_HEADROOM}-token headroom"
+    return window, source
+
+
+def check_context_length(cfg: Any) -> None:
+    """Fail unless ``data.max_prompt_length + data.max_response_length`` fits the server's context window.
+
+    Otherwise every request whose prompt + prefix overflows raises inside the server and its whole prompt
+    group is dropped as a failed rollout. Also refuses ``rollout.max_model_len`` above the model's
+    ``max_position_embeddings`` (verl's server refuses it later, after loading the model).
+    """
+    max_model_len = _select(cfg, "actor_rollout_ref.rollout.max_model_len")
+    mpe = model_max_position_embeddings(_select(cfg, "actor_rollout_ref.model.path"))
+    if max_model_len is not None and mpe is not None and int(max_model_len) > mpe:
+        raise PrefixRFTConfigError(
+            f"actor_rollout_ref.rollout.max_model_len={int(max_model_len)} exceeds the model's "
+            f"max_position_embeddings={mpe} (config.json of actor_rollout_ref.model.path). "
+            f"Fix: actor_rollout_ref.rollout.max_model_len<={mpe}, or a model with a longer context"
+        )
+    window, source = context_window(cfg)
+    prompt = _select(cfg, "data.max_prompt_length")
+    response = _select(cfg, "data.max_response_length")
+    if window is None or prompt is None or response is None:
+        return
+    total = int(prompt) + int(response)
+    if total > window:
+        raise PrefixRFTConfigError(
+            f"data.max_prompt_length + data.max_response_length = {int(prompt)} + {int(response)} = {total} "
+            f"exceeds the rollout context window of {window} tokens ({source}): requests that long fail "
+            "inside the server and their prompt group is dropped. Fix: lower data.max_response_length or "
+            f"data.max_prompt_length so they sum to <= {window}, or use a model with a longer context "
+            "(and actor_rollout_ref.rollout.max_model_len to match)"
+        )
 
 
 def _fail(key: str, value: Any, why: str, fix: str) -> None:
@@ -170,6 +260,8 @@ def validate_verl_config(cfg: Any) -> PrefixRFTConfig:
                 "actor_rollout_ref.actor.policy_loss.loss_mode=vanilla",
             )
         check_val_files(_select(cfg, "data.val_files"), pcfg.demo_key)
+        check_train_files(_select(cfg, "data.train_files"), pcfg.demo_key)
+    check_context_length(cfg)
     return pcfg
 
 
@@ -203,3 +295,64 @@ def check_val_files(val_files: Any, demo_key: str) -> None:
                     f"Fix: drop the {demo_key!r} column from validation files, or set extra_info.split to one "
                     f"of {VALIDATION_SPLITS}."
                 )
+
+
+TRAIN_SAMPLE_ROWS = 256
+"""Rows of each training file checked against the data contract at start-up (the first ones)."""
+
+
+def check_train_files(train_files: Any, demo_key: str, sample_rows: int = TRAIN_SAMPLE_ROWS) -> None:
+    """Check each ``data.train_files`` parquet at start-up: the demo column exists, and a sample of rows
+    follows the data contract (``prefix_rft/data/contract.py``; schema and the demo column's type).
+
+    A wrong ``prefix_rft.demo_key`` would train as plain RFT, a demo column of ints would drop every hybrid
+    sample; both are refused here naming the file, row, key and fix. Files that do not exist yet are
+    skipped (verl reports them itself).
+    """
+    if train_files is None:
+        return
+    import pyarrow.parquet as pq
+
+    from prefix_rft.data.contract import row_problems
+
+    paths = [train_files] if isinstance(train_files, str) else list(train_files)
+    for path in paths:
+        path = os.path.expanduser(str(path))
+        if not (path.endswith(".parquet") and os.path.isfile(path)):
+            continue
+        parquet = pq.ParquetFile(path)
+        names = parquet.schema_arrow.names
+        if demo_key not in names:
+            raise PrefixRFTConfigError(
+                f"data.train_files: {path} has no column prefix_rft.demo_key={demo_key!r} (its columns: "
+                f"{names}), so no rollout would start from a demonstration. Fix: prefix_rft.demo_key=<the demo "
+                "column>, or prepare the file with `python -m prefix_rft.data prepare ...`"
+            )
+        batch = next(parquet.iter_batches(batch_size=sample_rows), None)
+        for row_index, row in enumerate(batch.to_pylist() if batch is not None else []):
+            problems = row_problems(row, demo_key=demo_key)
+            if problems:
+                raise PrefixRFTConfigError(
+                    f"data.train_files: {path} row {row_index} breaks the data contract: "
+                    + "; ".join(problems)
+                    + f'. Fix the file (`python -c "from prefix_rft.data.contract import validate_parquet; '
+                    f"validate_parquet('{path}', demo_key='{demo_key}')\"` lists every bad row), or point "
+                    "prefix_rft.demo_key at the right column"
+                )
+
+
+def check_training_rows(num_rows: int, cfg: Any) -> None:
+    """Fail when verl's training dataset is empty after its filters, naming ``data.max_prompt_length``.
+
+    verl's dataset drops prompts longer than ``data.max_prompt_length`` (``data.filter_overlong_prompts``);
+    when that drops every row, the sampler fails with an opaque ``num_samples=0``.
+    """
+    if num_rows > 0:
+        return
+    max_prompt = _select(cfg, "data.max_prompt_length")
+    raise PrefixRFTConfigError(
+        f"data.train_files {_select(cfg, 'data.train_files')!r} gave 0 training rows: every prompt is longer "
+        f"than data.max_prompt_length={max_prompt} tokens (verl's data.filter_overlong_prompts dropped them). "
+        "Fix: raise data.max_prompt_length (and keep it + data.max_response_length within the model's "
+        "context), or shorten the prompts"
+    )

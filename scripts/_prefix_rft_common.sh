@@ -5,7 +5,8 @@
 # optionally ENGINE_ARGS (FSDP by default, Megatron), then calls `prefix_rft_train "$@"`. The command line
 # comes last, so any hydra override given to a launcher wins, e.g.
 #   bash scripts/run_prefix_rft_qwen7b.sh trainer.nnodes=2 data.train_batch_size=256
-# `--cfg job` prints the composed config and launches nothing (no GPU needed).
+# `--cfg job` (anywhere on the line) validates the composed config (prefix_rft block and the verl keys it
+# depends on, as a run would), prints it and launches nothing (no GPU needed).
 #
 # Knobs (environment variables, with defaults):
 #   MODEL_PATH     HF id or local dir of the policy (LUFFY's 16k-context Qwen2.5-Math-7B)
@@ -18,7 +19,9 @@
 #   MAX_TOKEN_LEN_PER_GPU    token budget of a dynamic micro-batch (actor and log-prob passes)
 #   TOTAL_STEPS    training steps (500 = where the cosine ratio schedule reaches its floor)
 #   PROJECT, EXP_NAME, LOGGER   tracking (LOGGER default '["console","file"]': the file logger's jsonl feeds
-#                  `python -m prefix_rft.plot`; use '["console","wandb"]' for wandb);  CKPT_DIR;  PYTHON
+#                  `python -m prefix_rft.plot`; use '["console","wandb"]' for wandb);  CKPT_DIR
+#   PYTHON         interpreter (default: the repository's .venv/bin/python when it exists, as `make` builds
+#                  it; else python3)
 #   MAX_CKPT_TO_KEEP  actor checkpoints kept on disk (2: ~90 GB each for a 7B FSDP actor with its optimizer)
 #
 # Memory defaults (recipe/prefix_rft/README.md, "Memory and disk defaults of the launchers"): chunked entropy
@@ -44,7 +47,9 @@ TOTAL_STEPS=${TOTAL_STEPS:-500}
 PROJECT=${PROJECT:-prefix_rft}
 LOGGER=${LOGGER:-'["console","file"]'}
 MAX_CKPT_TO_KEEP=${MAX_CKPT_TO_KEEP:-2}
-PYTHON=${PYTHON:-python3}
+if [[ -z "${PYTHON:-}" ]]; then
+    if [[ -x "$PREFIX_RFT_ROOT/.venv/bin/python" ]]; then PYTHON=$PREFIX_RFT_ROOT/.venv/bin/python; else PYTHON=python3; fi
+fi
 
 METHOD_ARGS=()
 # FSDP (the recipe's default engine): recompute the current-policy entropy in the backward pass instead of

@@ -7,6 +7,7 @@ tiny sizes. It trains ``--steps`` steps (validation and a checkpoint at the end)
 then a per-step table of the ``prefix_rft/`` metrics.
 
     python scripts/cpu_demo.py                  # 5 steps, outputs under outputs/cpu_demo
+    python scripts/cpu_demo.py --overwrite      # a previous run there is refused unless asked
     python scripts/cpu_demo.py --steps 8 --num-prefixed 0     # plain RFT
     python scripts/cpu_demo.py -- prefix_rft.entropy_clip.top_ratio=0.5   # any recipe override after --
 
@@ -49,18 +50,76 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--keep", action="store_true", help="keep an existing --out dir (resume from its checkpoint)"
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete an existing --out dir (its checkpoints included) and start afresh",
+    )
     p.add_argument("--verbose", action="store_true", help="stream verl's console output")
     p.add_argument("--timeout", type=float, default=900.0, help="kill the run after this many seconds")
     p.add_argument("overrides", nargs="*", help="extra hydra overrides for the recipe (after --)")
     return p.parse_args(argv)
 
 
+LEGEND = {
+    "step": "global training step",
+    "low_t": "lower bound of the prefix-ratio draw at this step (cosine schedule)",
+    "ratio": "mean drawn prefix ratio of the hybrid rollouts",
+    "pref%": "fraction of rollouts that start from a demo prefix",
+    "demo_tok%": "fraction of response tokens that are demo tokens",
+    "kept%": "fraction of demo tokens kept by entropy clipping (top_ratio)",
+    "H_demo": "mean old-policy entropy on demo tokens",
+    "H_cont": "mean old-policy entropy on generated tokens",
+    "R_pref": "mean reward of hybrid rollouts",
+    "R_onpol": "mean reward of on-policy rollouts",
+    "cont_len": "mean generated tokens after the prefix",
+    "score": "mean reward of all rollouts",
+    "step_s": "wall seconds of the step",
+}
+"""Meaning of each column of the summary table (printed under it)."""
+
+
+def legend_lines(header: list[str], num_prefixed: int, rollout_n: int) -> list[str]:
+    """The table's legend and one line saying what the run shows."""
+    lines = ["columns: " + "; ".join(f"{title} = {LEGEND[title]}" for title in header)]
+    if num_prefixed > 0:
+        lines.append(
+            f"what this run shows: {num_prefixed} of {rollout_n} rollouts per prompt start from a demo prefix "
+            "whose length follows the schedule (low_t, ratio), its demo tokens are trained with entropy "
+            "clipping (kept%) and every rollout shares one reward baseline; a few CPU steps of a tiny model "
+            "show the machinery working end to end, not learning (scores are noise)"
+        )
+    else:
+        lines.append(
+            f"what this run shows: plain RFT ({rollout_n} on-policy rollouts per prompt, no demo prefix) "
+            "through the same trainer; a few CPU steps of a tiny model show the machinery, not learning"
+        )
+    return lines
+
+
+def prepare_out_dir(out: Path, *, keep: bool, overwrite: bool) -> str | None:
+    """Make ``out`` ready; an error message when it holds a previous run and neither flag asks what to do."""
+    if keep and overwrite:
+        return "--keep and --overwrite contradict each other: pick one"
+    if out.exists() and any(out.iterdir()) and not keep:
+        if not overwrite:
+            ckpts = len(list((out / "checkpoints").glob("global_step_*")))
+            return (
+                f"{out} holds a previous run ({ckpts} checkpoint(s)). Pass --overwrite to delete it, --keep to "
+                "resume from it, or --out <another dir> (make demo DEMO_ARGS=--overwrite)"
+            )
+        shutil.rmtree(out)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Build assets, train, print the summary; returns the process exit code."""
     args = parse_args(argv)
     out = Path(args.out).resolve()
-    if out.exists() and not args.keep:
-        shutil.rmtree(out)
+    problem = prepare_out_dir(out, keep=args.keep, overwrite=args.overwrite)
+    if problem is not None:
+        print(f"[cpu_demo] error: {problem}", file=sys.stderr)
+        return 2
     print(f"[cpu_demo] building tiny model + synthetic math data in {out}")
     assets = build_demo_assets(out / "assets", seed=args.seed)
     overrides = demo_overrides(
@@ -102,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(format_table(rows, summary_header()))
+    for line in legend_lines(summary_header(), args.num_prefixed, args.rollout_n):
+        print(line)
     last = result.metrics.get(max(result.metrics), {}) if result.metrics else {}
     val = {k: v for k, v in last.items() if k.startswith("val-core/")}
     for k, v in sorted(val.items()):

@@ -467,3 +467,76 @@ def test_micro_batch_scope_ranks_by_current_entropy():
     mo.pop("entropy")
     with pytest.raises(ValueError, match="calculate_entropy"):
         prefix_rft_ppo_loss(cfg, mo, data, prefix_config=micro)
+
+
+def _with_replay(data, mini_batch_ids, *, count, step):
+    data["prefix_rft_minibatch"] = torch.tensor(mini_batch_ids, dtype=torch.int64)
+    data["prefix_rft_num_minibatches"] = torch.full((len(mini_batch_ids),), count, dtype=torch.int64)
+    data["prefix_rft_step"] = torch.full((len(mini_batch_ids),), step, dtype=torch.int64)
+    return data
+
+
+def _set_replay_state(**state):
+    """Position this process's replay tracker (each simulated rank replays its own order)."""
+    import prefix_rft.actor_loss as al
+
+    getattr(al, "_REPLAY_STATE", {}).update(state)
+
+
+def _loss_on(samples, ids, *, count, step, dp_size=1):
+    mo, data, _, _ = build_batch(samples)
+    tu.assign_non_tensor(data, dp_size=dp_size)
+    _with_replay(data, ids, count=count, step=step)
+    return prefix_rft_ppo_loss(actor_config(), mo, data, prefix_config=prefix_config())
+
+
+def test_step_totals_of_demo_token_counts_with_two_mini_batches_and_two_ranks():
+    """Aggregated exactly as verl does (per mini-batch ``Metric.aggregate_dp`` over the dp ranks' micro-batch
+    lists, then ``reduce_metrics`` over mini-batches): the logged counts are the step's totals."""
+    from verl.utils.metric import reduce_metrics
+
+    step, dp, n_mini = 101, 2, 2
+    samples = {
+        (r, m, u): random_samples(2, seed=100 + 8 * r + 2 * m + u)
+        for r in range(dp)
+        for m in range(2)
+        for u in range(2)
+    }
+    per_mini: dict[str, list] = {}
+    for m in range(n_mini):
+        per_rank = []
+        for r in range(dp):
+            merged: dict = {}
+            _set_replay_state(step=step if m else None, last=m - 1 if m else None)  # rank r's own order
+            for u in range(2):
+                _, metrics = _loss_on(samples[r, m, u], [m, m], count=n_mini, step=step, dp_size=dp)
+                for key, value in metrics.items():
+                    if isinstance(value, Metric):
+                        merged.setdefault(key, value.init_list()).append(value)
+            per_rank.append(merged)
+        for key in ("prefix_rft/demo_tokens", "prefix_rft/kept_demo_tokens"):
+            per_mini.setdefault(key, []).append(Metric.aggregate_dp([per_rank[0][key], per_rank[1][key]]))
+    logged = reduce_metrics(per_mini)
+    every = [s for group in samples.values() for s in group]
+    assert logged["prefix_rft/demo_tokens"] == pytest.approx(sum(sum(s["prefix"]) for s in every))
+    kept = sum(sum(p and k for p, k in zip(s["prefix"], s["keep"], strict=True)) for s in every)
+    assert logged["prefix_rft/kept_demo_tokens"] == pytest.approx(kept)
+
+
+def test_mini_batch_replay_guard():
+    import prefix_rft.actor_loss as al
+
+    samples = random_samples(2, seed=5)
+    al._REPLAY_STATE.update(step=None, last=None)
+    with pytest.raises(RuntimeError, match=r"micro-batch mixes rows of predicted mini-batches \[0, 1\]"):
+        _loss_on(samples, [0, 1], count=2, step=7)
+    # two PPO epochs over 2 mini-batches of 2 micro-batches each: a legal order
+    for mb in (0, 0, 1, 1, 0, 0, 1, 1):
+        _loss_on(samples, [mb, mb], count=2, step=8)
+    _loss_on(samples, [0, 0], count=2, step=9)  # a new step starts at 0
+    with pytest.raises(RuntimeError, match=r"mini-batch 2 arrived after mini-batch 0"):
+        _loss_on(samples, [2, 2], count=3, step=9)
+    al._REPLAY_STATE.update(step=None, last=None)
+    with pytest.raises(RuntimeError, match=r"mini-batch 1 arrived after mini-batch None"):
+        _loss_on(samples, [1, 1], count=2, step=10)  # a step must start with mini-batch 0
+    al._REPLAY_STATE.update(step=None, last=None)

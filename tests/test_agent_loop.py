@@ -241,8 +241,100 @@ async def test_demo_tokenized_once_per_row(tokenizer, rows):
     await make_loop(PrefixRFTAgentLoop, config, tokenizer, RecordingServer(tokenizer)).run(
         dict(SAMPLING), **request(rows[3], session_id=0, step=11)
     )
-    assert DEMO_CACHE.encodes == 1  # a later step reuses the cached ids
+    # a row comes back only after an epoch: the cache keeps the current step's rows, nothing older
+    assert DEMO_CACHE.encodes == 2 and len(DEMO_CACHE) == 1
     assert all(o.is_prefixed == 1 for o in outs)
+
+
+async def test_demo_cache_holds_only_the_current_step(tokenizer, rows):
+    config = trainer_config({"num_prefixed": 1, "seed": 7})
+    for step in (5, 6):
+        for row in rows:
+            await make_loop(PrefixRFTAgentLoop, config, tokenizer, RecordingServer(tokenizer)).run(
+                dict(SAMPLING), **request(row, session_id=0, step=step)
+            )
+        assert len(DEMO_CACHE) == len(rows)  # step 6 dropped step 5's entries
+    assert DEMO_CACHE.encodes == 2 * len(rows)
+
+
+def chat_prompt(tokenizer, row):
+    chat = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True)
+    return list(chat["input_ids"]) if hasattr(chat, "keys") else list(chat)
+
+
+@pytest.mark.parametrize(("rollout_name", "headroom"), [("vllm", 0), ("sglang", 1)])
+async def test_prefix_is_capped_so_the_context_window_leaves_room_to_generate(
+    tokenizer, rows, rollout_name, headroom
+):
+    row = copy.deepcopy(rows[0])
+    row["demonstrations"] = [" ".join([row["demonstrations"][0]] * 6)]
+    config = trainer_config(
+        {"num_prefixed": 1, "ratio": {"schedule": "const", "low_start": 0.9, "high": 0.9}}
+    )
+    prompt_len = len(chat_prompt(tokenizer, row))
+    config.actor_rollout_ref.rollout.max_model_len = prompt_len + 12
+    config.actor_rollout_ref.rollout.name = rollout_name
+    server = RecordingServer(tokenizer)
+    out = await make_loop(PrefixRFTAgentLoop, config, tokenizer, server).run(
+        dict(SAMPLING), **request(row, session_id=0)
+    )
+    # window - prompt = 12 - headroom tokens of room; the prefix leaves exactly one for the policy
+    assert out.prefix_len == 11 - headroom and out.demo_truncated == 1
+    (call,) = server.calls
+    assert len(call["prompt_ids"]) == prompt_len + 11 - headroom
+    assert call["sampling_params"]["max_tokens"] == 1
+    assert len(out.prompt_ids) + len(out.response_ids) <= prompt_len + 12 - headroom
+
+
+class EmptyContinuationServer(RecordingServer):
+    """Returns no tokens and ``log_probs=[]`` (a clamped max_tokens of 0), or ``[]`` log-probs only."""
+
+    def __init__(self, tokenizer, tokens=()):
+        super().__init__(tokenizer)
+        self.tokens = list(tokens)
+
+    async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs) -> TokenOutput:
+        self.calls.append(dict(prompt_ids=list(prompt_ids), sampling_params=dict(sampling_params)))
+        return TokenOutput(token_ids=self.tokens, log_probs=[], num_preempted=0, extra_fields={})
+
+
+async def test_empty_continuation_keeps_log_probs_when_requested(tokenizer, rows):
+    config = trainer_config()
+    out = await make_loop(PrefixRFTAgentLoop, config, tokenizer, EmptyContinuationServer(tokenizer)).run(
+        dict(SAMPLING), **request(rows[0], session_id=0)
+    )
+    assert out.prefix_len > 0 and out.response_ids[out.prefix_len :] == []
+    assert out.response_logprobs == [0.0] * out.prefix_len  # present, like its siblings', not None
+    no_lp = await make_loop(PrefixRFTAgentLoop, config, tokenizer, EmptyContinuationServer(tokenizer)).run(
+        {**SAMPLING, "logprobs": False}, **request(rows[0], session_id=0)
+    )
+    assert no_lp.response_logprobs is None
+
+
+async def test_log_prob_length_mismatch_is_an_error(tokenizer, rows):
+    server = EmptyContinuationServer(tokenizer, tokens=[5, 6, 7])
+    with pytest.raises(RuntimeError, match="returned 3 tokens but 0 log-probs"):
+        await make_loop(PrefixRFTAgentLoop, trainer_config(), tokenizer, server).run(
+            dict(SAMPLING), **request(rows[0], session_id=0)
+        )
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [7, 3.5, b"bytes", [1, 2], {"role": "assistant"}, {"content": 5}, [[None]], True, torch.tensor([1, 2])],
+)
+async def test_unusable_demo_values_count_as_missing_never_raise(tokenizer, rows, bad):
+    from prefix_rft.agent_loop import extract_demos
+
+    assert extract_demos(bad) == []
+    row = copy.deepcopy(rows[0])
+    row["demonstrations"] = bad
+    server = RecordingServer(tokenizer)
+    out = await make_loop(PrefixRFTAgentLoop, trainer_config(), tokenizer, server).run(
+        dict(SAMPLING), **request(row, session_id=0)
+    )
+    assert (out.is_prefixed, out.prefix_len, out.demo_missing) == (0, 0, 1)
+    assert out.response_ids == server.answer  # an ordinary rollout
 
 
 @pytest.mark.parametrize("case", ["validation_split", "no_demo", "empty_demo", "later_session"])

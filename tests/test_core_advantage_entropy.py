@@ -210,3 +210,12 @@ def test_distributed_selection_equals_global_selection():
     mp.spawn(_worker, args=(2, _free_port(), shards, out), nprocs=2, join=True)
     combined = torch.cat([out[0], out[1]])
     assert torch.equal(combined, select_top_entropy(entropy, prefix, 0.3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_top_entropy_keeps_the_right_count_in_every_dtype(dtype):
+    entropy = torch.tensor([[0.1, 0.2, 0.3, 0.4]], dtype=dtype)
+    keep = select_top_entropy(entropy, torch.ones(1, 4, dtype=torch.bool), 0.25)
+    assert keep.tolist() == [[False, False, False, True]]
+    keep_half = select_top_entropy(entropy, torch.ones(1, 4, dtype=torch.bool), 0.5)
+    assert keep_half.tolist() == [[False, False, True, True]]

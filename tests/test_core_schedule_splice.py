@@ -166,3 +166,28 @@ def test_splice_properties(demo, ratio, budget, min_tokens):
         assert s.continuation_budget == 0
     unbudgeted = prefix_length(len(demo), ratio, 10**9, min_tokens)[0]
     assert s.truncated == (unbudgeted > budget)
+
+
+def test_splice_context_room_cut_leaves_one_token_to_generate():
+    demo = list(range(100, 200))  # 100 tokens
+    s = splice_prefix(demo, 0.5, response_budget=80, context_room=21)
+    assert s.prefix_ids == demo[:20] and s.continuation_budget == 1 and s.truncated
+    whole = splice_prefix([5, 6, 7, 2], 1.0, response_budget=10, context_room=3)
+    assert whole.prefix_ids == [5, 6] and whole.continuation_budget == 1 and whole.truncated
+    roomy = splice_prefix(demo, 0.5, response_budget=80, context_room=1000)
+    assert len(roomy.prefix_ids) == 50 and roomy.continuation_budget == 30 and not roomy.truncated
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    demo=st.lists(st.integers(0, 50_000), max_size=200),
+    ratio=st.floats(0.0, 1.0),
+    budget=st.integers(0, 300),
+    room=st.integers(1, 300),
+)
+def test_splice_never_overflows_the_context_room(demo, ratio, budget, room):
+    s = splice_prefix(demo, ratio, budget, 1, context_room=room)
+    L = len(s.prefix_ids)
+    assert L <= room - 1 and L + s.continuation_budget <= room
+    free = splice_prefix(demo, ratio, budget, 1)
+    assert s.truncated == (free.truncated or len(free.prefix_ids) > room - 1)

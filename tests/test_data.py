@@ -538,3 +538,38 @@ def test_generic_key_help_shows_defaults(capsys):
         data_main(["prepare", "generic", "--help"])
     out = capsys.readouterr().out
     assert "Default: problem" in out and "Default: answer" in out
+
+
+@pytest.mark.parametrize(
+    ("solution", "reported"),
+    [
+        (True, "solution column 'solution' must be a string, got bool True"),
+        ([1, 2], "solution column 'solution' must be a string, got int 1"),
+        ({"text": "2"}, "solution column 'solution' must be a string, got dict"),
+        (None, "solution column 'solution' is missing"),
+    ],
+)
+def test_cli_ill_typed_solution_is_not_reported_missing(tmp_path, capsys, solution, reported):
+    src = tmp_path / "src.jsonl"
+    src.write_text(json.dumps({"problem": "1+1?", "solution": solution, "answer": "2"}) + "\n")
+    assert data_main(["prepare", "generic", str(src), "--output-dir", str(tmp_path / "o")]) == 1
+    assert f"skipped source row 0: {reported}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        (
+            "bad.jsonl",
+            b'{"problem": "a"}\n\xff\xfe{"a": 1}\n',
+            "bad.jsonl:2: not UTF-8 text (byte 0xff at column 1)",
+        ),
+        ("bad.json", b'[{"problem": "a"},\n {"problem": 1,', "bad.json:2:16: invalid JSON"),
+        ("bad.parquet", b"garbage", "bad.parquet: not a readable parquet file"),
+    ],
+)
+def test_cli_decode_errors_name_file_and_line(tmp_path, capsys, name, content, message):
+    src = tmp_path / name
+    src.write_bytes(content)
+    assert data_main(["prepare", "generic", str(src), "--output-dir", str(tmp_path / "o")]) == 1
+    assert message in capsys.readouterr().err

@@ -283,3 +283,94 @@ def test_validation_rows_that_would_be_prefixed_are_refused(tmp_path):
         validate_verl_config(recipe_config(f"data.val_files=[{clean},{reused}]"))
     # plain RFT never prefixes, so the same file is fine there
     validate_verl_config(recipe_config(f"data.val_files={reused}", "prefix_rft.num_prefixed=0"))
+
+
+def _model_dir(tmp_path, max_position_embeddings):
+    model = tmp_path / f"model_{max_position_embeddings}"
+    model.mkdir()
+    (model / "config.json").write_text(f'{{"max_position_embeddings": {max_position_embeddings}}}')
+    return str(model)
+
+
+def test_context_window_too_small_fails_at_start_up_naming_keys_and_numbers(tmp_path):
+    model = _model_dir(tmp_path, 4096)  # the stock Qwen2.5-Math-7B window; the recipe wants 1024 + 8192
+    with pytest.raises(
+        PrefixRFTConfigError,
+        match=r"data\.max_prompt_length \+ data\.max_response_length = 1024 \+ 8192 = 9216 exceeds the rollout "
+        r"context window of 4096 tokens \(the model's max_position_embeddings=4096\)",
+    ):
+        validate_verl_config(recipe_config(f"actor_rollout_ref.model.path={model}"))
+    with pytest.raises(PrefixRFTConfigError, match=r"rollout\.max_model_len=8192 exceeds the model's max_po"):
+        validate_verl_config(
+            recipe_config(
+                f"actor_rollout_ref.model.path={model}", "actor_rollout_ref.rollout.max_model_len=8192"
+            )
+        )
+    big = _model_dir(tmp_path, 9216)
+    validate_verl_config(recipe_config(f"actor_rollout_ref.model.path={big}"))  # exactly fits on vLLM
+    with pytest.raises(
+        PrefixRFTConfigError, match=r"window of 9215 tokens .*minus SGLang's 1-token headroom"
+    ):
+        validate_verl_config(
+            recipe_config(f"actor_rollout_ref.model.path={big}", "actor_rollout_ref.rollout.name=sglang")
+        )
+    with pytest.raises(PrefixRFTConfigError, match=r"actor_rollout_ref\.rollout\.max_model_len=9000\)"):
+        validate_verl_config(recipe_config("actor_rollout_ref.rollout.max_model_len=9000"))
+
+
+def test_rollout_n_zero_blames_rollout_n():
+    with pytest.raises(
+        PrefixRFTConfigError, match=r"actor_rollout_ref\.rollout\.n=0 is invalid: expected an integer >= 1"
+    ):
+        validate_verl_config(recipe_config("actor_rollout_ref.rollout.n=0"))
+
+
+def test_launcher_defaults_python_to_the_repo_venv_and_takes_cfg_job_anywhere(tmp_path):
+    assert (ROOT / ".venv" / "bin" / "python").exists()  # as `make` builds it
+    env = _env()
+    env.pop("PYTHON")
+    env["PATH"] = "/usr/bin:/bin"  # a python3 without hydra first on PATH must not matter
+    run = lambda *args: subprocess.run(  # noqa: E731
+        ["bash", str(ROOT / "scripts" / "run_rft_qwen7b.sh"), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env=env,
+    )
+    out = run("trainer.nnodes=2", "--cfg", "job", "trainer.n_gpus_per_node=4")
+    assert out.returncode == 0, out.stderr[-3000:]
+    cfg = OmegaConf.create(yaml.safe_load(out.stdout))
+    assert (cfg.trainer.nnodes, cfg.trainer.n_gpus_per_node, cfg.prefix_rft.num_prefixed) == (2, 4, 0)
+    assert str(ROOT / ".venv" / "bin" / "python") in out.stderr  # the traced command line
+    assert not (tmp_path / "outputs").exists()  # print-only: no hydra output folder
+    bad = run("--cfg", "job", "prefix_rft.ratio.high=1.5")
+    assert bad.returncode != 0
+    assert "invalid config: prefix_rft.ratio.high=1.5 is invalid" in bad.stderr
+
+
+def test_training_files_are_checked_at_start_up(tmp_path):
+    from prefix_rft.testing.tiny import synthetic_math_rows, write_parquet
+
+    rows = synthetic_math_rows(4, split="train")
+    good = write_parquet(rows, str(tmp_path / "train.parquet"))
+    validate_verl_config(recipe_config(f"data.train_files={good}", "data.val_files=null"))
+    with pytest.raises(
+        PrefixRFTConfigError,
+        match=r"train\.parquet has no column prefix_rft\.demo_key='solutions' \(its columns: .*demonstrations",
+    ):
+        validate_verl_config(
+            recipe_config(f"data.train_files={good}", "data.val_files=null", "prefix_rft.demo_key=solutions")
+        )
+    for i, row in enumerate(rows):
+        row["demonstrations"] = [i, i + 1]  # a demo column of ints
+    ints = write_parquet(rows, str(tmp_path / "ints.parquet"))
+    with pytest.raises(
+        PrefixRFTConfigError,
+        match=r"ints\.parquet row 0 breaks the data contract: demonstrations: must be a string or a list of "
+        r"strings\. Fix the file .*validate_parquet",
+    ):
+        validate_verl_config(recipe_config(f"data.train_files=[{ints}]", "data.val_files=null"))
+    validate_verl_config(  # plain RFT ignores the demo column
+        recipe_config(f"data.train_files={ints}", "data.val_files=null", "prefix_rft.num_prefixed=0")
+    )

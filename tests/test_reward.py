@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -53,8 +54,8 @@ def test_hand_cases(gold, response, expected):
 
 def test_return_type_and_pred():
     out = compute_score("math", "blah \\boxed{\\frac{1}{2}} done", "0.5", extra_info={"index": 3})
-    assert out == {"score": 1.0, "acc": True, "pred": "\\frac{1}{2}"}
-    assert compute_score("math", "no box", "1") == {"score": 0.0, "acc": False, "pred": ""}
+    assert out == {"score": 1.0, "acc": True, "pred": "\\frac{1}{2}", "timeout": 0}
+    assert compute_score("math", "no box", "1") == {"score": 0.0, "acc": False, "pred": "", "timeout": 0}
 
 
 def test_after_think_rule():
@@ -244,5 +245,72 @@ async def test_through_verl_reward_manager():
             },
         )
         outs.append(await manager.run_single(data))
-    assert outs[0] == {"reward_score": 1.0, "reward_extra_info": {"score": 1.0, "acc": True, "pred": "12"}}
+    assert outs[0] == {
+        "reward_score": 1.0,
+        "reward_extra_info": {"score": 1.0, "acc": True, "pred": "12", "timeout": 0},
+    }
     assert outs[1]["reward_score"] == 0.0 and outs[1]["reward_extra_info"]["pred"] == "13"
+
+
+SLOW_ANSWERS = [
+    "\\boxed{9999999!}",
+    "\\boxed{99999!!}",
+    "\\boxed{((((9!)!)!)!)}",
+    "\\boxed{\\sum_{k=1}^{99999} k^{99999}}",
+    "\\boxed{999999!}",
+    "\\boxed{" + "+".join(["99999^{99999}"] * 8) + "}",
+    "\\boxed{8 \\times 99999^{99999}}",
+]
+"""Answers that pass the guards but ran for seconds to minutes in math-verify, holding the GIL."""
+
+
+@pytest.mark.parametrize("response", SLOW_ANSWERS)
+def test_every_call_is_time_bounded(response):
+    assert reward.POOL.wait_warm()  # the bound is on the check, not on starting verifier processes
+    before = reward.STATS["timeout"]
+    start = time.monotonic()
+    out = compute_score("math", response, "7")
+    elapsed = time.monotonic() - start
+    assert elapsed < 5.0, f"{response}: {elapsed:.1f} s"
+    assert out["score"] == 0.0
+    if response in SLOW_ANSWERS[:4]:  # minutes unbounded: always cut
+        assert out["timeout"] == 1
+    assert reward.STATS["timeout"] == before + out["timeout"]  # 4-13 s ones finish under load or are cut
+
+
+def test_timeout_is_configurable_and_correct_answers_still_score():
+    assert reward.POOL.wait_warm()
+    start = time.monotonic()
+    out = compute_score("math", "\\boxed{9999999!}", "7", timeout_s=0.2)
+    assert out["timeout"] == 1 and time.monotonic() - start < 3.0
+    assert reward.POOL.wait_warm()
+    assert compute_score("math", "\\boxed{\\frac{1}{2}}", "0.5", timeout_s=30) == {
+        "score": 1.0,
+        "acc": True,
+        "pred": "\\frac{1}{2}",
+        "timeout": 0,
+    }
+
+
+async def test_slow_answers_do_not_stall_other_threads_or_the_event_loop():
+    assert reward.POOL.wait_warm()
+    loop = asyncio.get_running_loop()
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    tick_task = asyncio.create_task(ticker())
+    start = time.monotonic()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        slow = [loop.run_in_executor(pool, compute_score, "math", r, "7") for r in SLOW_ANSWERS[:2]]
+        fast = loop.run_in_executor(pool, compute_score, "math", "\\boxed{\\frac{2}{4}}", "0.5")
+        assert (await fast)["score"] == 1.0
+        results = await asyncio.gather(*slow)
+    tick_task.cancel()
+    elapsed = time.monotonic() - start
+    assert [r["timeout"] for r in results] == [1, 1] and elapsed < 5.0
+    assert ticks > 0.3 * elapsed / 0.01  # the event loop kept running (the GIL was not held)

@@ -28,6 +28,7 @@ from prefix_rft.core.entropy import minibatch_group_ids, num_kept
 from prefix_rft.core.schedule import ratio_bounds
 from prefix_rft.trainer import (
     METRIC_KEYS,
+    MINIBATCH_FIELDS,
     PrefixRFTTrainer,
     actor_minibatch_group_ids,
     build_keep_mask,
@@ -415,6 +416,12 @@ def test_trainer_hooks_on_transfer_queue(transfer_queue):
         assert entropy[sel][keep[sel]].min() >= entropy[sel][prefix[sel] & ~keep[sel]].max()
     assert not (keep & ~prefix).any() and not (prefix & ~resp).any()
 
+    # (b') the replay record the actor loss checks: predicted mini-batch id, their count, the step
+    replay = tq.kv_batch_get(keys=batch.keys, partition_id="train", select_fields=list(MINIBATCH_FIELDS))
+    assert torch.equal(replay["prefix_rft_minibatch"].reshape(-1), groups)
+    assert replay["prefix_rft_num_minibatches"].reshape(-1).tolist() == [2] * 16
+    assert replay["prefix_rft_step"].reshape(-1).tolist() == [3] * 16
+
     # (d) metrics
     assert {f"prefix_rft/{k}" for k in METRIC_KEYS} <= set(metrics)
     assert all(math.isfinite(metrics[f"prefix_rft/{k}"]) for k in METRIC_KEYS)
@@ -439,3 +446,25 @@ def test_missing_prefix_fields_error_names_the_agent_loop(transfer_queue):
     trainer = PrefixRFTTrainer.__new__(PrefixRFTTrainer)
     with pytest.raises(RuntimeError, match="default_agent_loop=prefix_rft_agent"):
         trainer._compute_advantage(meta, {})
+
+
+def test_all_prompts_filtered_as_too_long_names_max_prompt_length(tmp_path):
+    from prefix_rft.config import PrefixRFTConfigError
+    from prefix_rft.testing.tiny import build_tiny_tokenizer, synthetic_math_rows, write_parquet
+
+    train = write_parquet(synthetic_math_rows(4, split="train"), str(tmp_path / "train.parquet"))
+    val = write_parquet(synthetic_math_rows(2, split="test", with_demos=False), str(tmp_path / "val.parquet"))
+    trainer = PrefixRFTTrainer.__new__(PrefixRFTTrainer)
+    trainer.config = recipe_config(
+        f"data.train_files={train}",
+        f"data.val_files={val}",
+        "data.max_prompt_length=4",
+        "data.train_batch_size=2",
+        "data.dataloader_num_workers=0",
+    )
+    trainer.tokenizer, trainer.processor, trainer.trainer_mode = build_tiny_tokenizer(), None, "sync"
+    with pytest.raises(
+        PrefixRFTConfigError,
+        match=r"gave 0 training rows: every prompt is longer than data\.max_prompt_length=4",
+    ):
+        trainer._init_dataloader()

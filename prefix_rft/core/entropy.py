@@ -33,7 +33,9 @@ def _topk_flat(values: torch.Tensor, k: int) -> torch.Tensor:
         keep[:] = True
         return keep
     # k-th largest value = (n - k + 1)-th smallest.
-    threshold = torch.kthvalue(values.float(), n - k + 1).values
+    # Threshold and compare in one dtype (float64 stays float64; a float32 threshold misses float64 values).
+    values = values if values.dtype == torch.float64 else values.float()
+    threshold = torch.kthvalue(values, n - k + 1).values
     above = values > threshold
     ties = (values == threshold).nonzero().flatten()
     keep |= above

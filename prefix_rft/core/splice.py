@@ -51,18 +51,31 @@ def prefix_length(
 
 
 def splice_prefix(
-    demo_ids: Sequence[int] | None, ratio: float, response_budget: int, min_prefix_tokens: int = 1
+    demo_ids: Sequence[int] | None,
+    ratio: float,
+    response_budget: int,
+    min_prefix_tokens: int = 1,
+    context_room: int | None = None,
 ) -> Splice:
     """Prefix ids and continuation budget of one hybrid rollout (paper sec. 3).
 
     ``ratio >= 1.0`` (LUFFY-style) takes the whole demonstration, its end token included, and leaves a
     continuation budget of 0: no generation is needed.
 
+    ``context_room`` is what the server's context window leaves after the prompt (window - prompt
+    tokens; None = unbounded). The prefix is cut to ``context_room - 1`` so the server can always write at
+    least one token (a request with no room fails inside the server and drops the prompt group), the cut
+    counts as ``truncated``, and the continuation budget never exceeds the room left after the prefix.
+
     An empty or missing demonstration yields no prefix and the full budget: it never raises mid-training.
     """
     demo = list(demo_ids) if demo_ids is not None else []
     length, truncated = prefix_length(len(demo), ratio, response_budget, min_prefix_tokens)
+    if context_room is not None and length > max(context_room - 1, 0):
+        length, truncated = max(context_room - 1, 0), True
     # The whole demonstration ends with its end token: there is nothing left for the policy to write.
-    whole_demo = length > 0 and ratio >= 1.0
+    whole_demo = length > 0 and ratio >= 1.0 and length == len(demo)
     budget = 0 if whole_demo else max(response_budget - length, 0)
+    if context_room is not None:
+        budget = min(budget, max(context_room - length, 0))
     return Splice(prefix_ids=demo[:length], continuation_budget=budget, truncated=truncated)

@@ -26,8 +26,15 @@ def looks_like_path(source: str) -> bool:
 
 def _read_jsonl(path: str) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise SourceError(
+                    f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                    "re-encode the file as UTF-8"
+                ) from e
             if not line.strip():
                 continue
             try:
@@ -53,17 +60,31 @@ def read_local(path: str) -> list[dict]:
             rows.extend(read_local(f))
         return rows
     if path.endswith(".parquet"):
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
+        try:
+            return pq.read_table(path).to_pylist()
+        except (pa.ArrowException, OSError) as e:
+            raise SourceError(
+                f"{path}: not a readable parquet file ({e}); re-export or re-download it"
+            ) from e
     if path.endswith(".jsonl"):
         return _read_jsonl(path)
     if path.endswith(".json"):
-        with open(path, encoding="utf-8") as f:
-            head = f.read(1)
+        with open(path, encoding="utf-8", errors="strict") as f:
+            try:
+                head = f.read(1)
+            except UnicodeDecodeError as e:
+                raise SourceError(f"{path}: not UTF-8 text; re-encode the file as UTF-8") from e
             f.seek(0)
             if head == "[":
-                data = json.load(f)
+                try:
+                    data = json.load(f)
+                except json.JSONDecodeError as e:
+                    raise SourceError(
+                        f"{path}:{e.lineno}:{e.colno}: invalid JSON ({e.msg}); fix the file there"
+                    ) from e
                 if not isinstance(data, list):
                     raise SourceError(f"{path}: expected a JSON list of row objects")
                 return data

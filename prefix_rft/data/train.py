@@ -47,9 +47,15 @@ def with_instruction(problem: str) -> str:
     return f"{problem}\n{INSTRUCTION}"
 
 
-def _as_text(value: Any, what: str) -> str:
-    if isinstance(value, bool) or value is None:
+def _as_text(value: Any, what: str, numbers: bool = True) -> str:
+    """``value`` as non-empty text; a number becomes its digits only when ``numbers`` (answers, not solutions).
+
+    ``None`` is a missing value; a present value of another type is reported as ill-typed, with its type.
+    """
+    if value is None:
         raise RowError(f"{what} is missing")
+    if isinstance(value, bool) or (not numbers and isinstance(value, (int, float))):
+        raise RowError(f"{what} must be a string, got {type(value).__name__} {value!r}")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, (int, float)):
@@ -160,7 +166,7 @@ def convert_generic_rows(
                 if hasattr(sol, "tolist") and not isinstance(sol, str):
                     sol = sol.tolist()
                 items = sol if isinstance(sol, list) else [sol]
-                demos = [_as_text(s, f"solution column {solution_key!r}") for s in items]
+                demos = [_as_text(s, f"solution column {solution_key!r}", numbers=False) for s in items]
         except RowError as e:
             dropped["bad_field"] += 1
             bad.append((i, str(e)))

@@ -6,19 +6,71 @@ then runs verl's ``run_ppo`` with :class:`prefix_rft.trainer.PrefixRFTTaskRunner
 :class:`prefix_rft.trainer.PrefixRFTTrainer` (verl's synchronous v1 trainer plus the Prefix-RFT hooks).
 
 Run it as a file (not ``python -m recipe...``: verl's wheel installs an unrelated top-level ``recipe``
-package). ``--cfg job`` prints the composed config and launches nothing.
+package). ``--cfg job`` (anywhere on the command line) validates the composed config exactly as a run
+does, prints it and launches nothing; ``--cfg hydra|all`` are Hydra's own, also accepted anywhere.
 """
 
+import sys
+
 import hydra
+
+PRINT_ONLY = False
+"""Set by ``--cfg job``: validate and print the composed config, start nothing."""
+
+
+def split_cfg_flag(argv: list[str]) -> tuple[list[str], str | None]:
+    """``argv`` without its ``--cfg X`` / ``-c X`` / ``--cfg=X`` flag (wherever it is), and ``X`` (or None).
+
+    Hydra's parser accepts the flag only before the overrides; a launcher appends the user's arguments
+    after its own overrides, so the flag is taken out here.
+    """
+    rest, value, i = [], None, 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("--cfg", "-c") and i + 1 < len(argv):
+            value, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith("--cfg="):
+            value = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, value
 
 
 @hydra.main(config_path="config", config_name="prefix_rft_trainer", version_base=None)
 def main(config):
-    """Hydra entry: validate, start Ray, train."""
+    """Hydra entry: validate, start Ray, train (or, with ``--cfg job``, validate and print)."""
+    if PRINT_ONLY:
+        from omegaconf import OmegaConf
+
+        from prefix_rft.config import PrefixRFTConfigError
+        from prefix_rft.verl_config import validate_verl_config
+
+        try:
+            validate_verl_config(config)
+        except PrefixRFTConfigError as err:
+            print(f"invalid config: {err}", file=sys.stderr)
+            sys.exit(2)
+        print(OmegaConf.to_yaml(config), end="")
+        return
     from prefix_rft.trainer import run_prefix_rft  # heavy (verl trainer): not needed for --cfg job
 
     run_prefix_rft(config)
 
 
 if __name__ == "__main__":
+    args, cfg_flag = split_cfg_flag(sys.argv[1:])
+    if cfg_flag == "job":
+        PRINT_ONLY = True
+        # no output folder, no log files: only the yaml goes to stdout
+        args += [
+            "hydra.output_subdir=null",
+            "hydra.run.dir=.",
+            "hydra/job_logging=none",
+            "hydra/hydra_logging=none",
+        ]
+        sys.argv = [sys.argv[0], *args]
+    elif cfg_flag is not None:
+        sys.argv = [sys.argv[0], "--cfg", cfg_flag, *args]
     main()
