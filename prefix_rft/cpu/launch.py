@@ -40,6 +40,7 @@ CPU_ENV = {
     "RAY_DEDUP_LOGS": "0",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_enable_worker_prestart": "0",  # no idle workers competing for the 2 cores at start-up
+    "PREFIX_RFT_REWARD_WORKERS": "1",  # one math-verify subprocess per reward worker (prefix_rft.reward.POOL_SIZE)
 }
 
 #: Hardware overrides for verl on CPU (see docs/CPU.md for why each is needed).
