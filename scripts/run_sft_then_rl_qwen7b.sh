@@ -10,8 +10,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/_sft_common.sh"
 
 RL=${RL:-prefix_rft}
 case "$RL" in
-    rft) METHOD_ARGS=(prefix_rft.num_prefixed=0) ;;
-    prefix_rft) METHOD_ARGS=() ;;
+    rft) METHOD_ARGS=(+preset=rft) ;;
+    prefix_rft) METHOD_ARGS=(+preset=prefix_rft) ;;
     *) echo "RL=$RL: choose RL=rft or RL=prefix_rft" >&2; exit 2 ;;
 esac
 METHOD_NAME=sft_then_${RL}

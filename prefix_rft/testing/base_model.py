@@ -32,8 +32,11 @@ BASE_RECIPE: dict = {
     "levels": {"1": 0.3, "2": 0.65, "3": 0.05},
     "examples": 12000,
     "batch_size": 64,
-    "lr": 3e-3,
+    "lr": 1e-3,
     "warmup_steps": 30,
+    # constant after warm-up: a model cooled to lr 0 sits where any fine-tuning step first hurts (measured:
+    # 16 SFT steps on correct demonstrations at lr 3e-5 took greedy 2-digit accuracy from 57% to 42%)
+    "min_lr_ratio": 1.0,
     "weight_decay": 0.01,
     "hidden_size": 128,
     "num_layers": 3,
@@ -145,9 +148,11 @@ def pretrain(recipe: dict, out_dir: str, log: Callable[[str], None] = print) -> 
     steps = len(pairs) // recipe["batch_size"]
     opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
     warm = recipe["warmup_steps"]
+    floor = float(recipe.get("min_lr_ratio", 0.0))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
-        lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)),
+        lambda s: min(1.0, (s + 1) / warm)
+        * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))),
     )
     model.train()
     start = time.monotonic()
