@@ -17,6 +17,8 @@ from typing import Any
 SCHEDULES = ("cosine", "linear", "const")
 SAMPLERS = ("uniform", "beta")
 ENTROPY_SCOPES = ("mini_batch", "batch", "micro_batch")
+ENTROPY_SELECTIONS = ("top", "random", "bottom")
+ENTROPY_SOURCES = ("old", "current")
 IS_MODES = ("ppo", "behavior_one", "luffy")
 ADV_MODES = ("group", "prefix_aware")
 PREFIX_TOKEN_MODES = ("train", "freeze", "exclude")
@@ -67,12 +69,21 @@ class EntropyClipConfig:
             Default 0.2 (the paper's top-20%).
         scope: the group the ranking runs over: ``mini_batch`` (paper: each PPO mini-batch),
             ``batch`` (the whole training batch) or ``micro_batch`` (the authors' code; depends on
-            micro-batch size). Default ``mini_batch``.
+            micro-batch size; ranked inside the actor loss). Default ``mini_batch``. The scope says
+            only *where* tokens are ranked, never whose entropy: that is ``source``.
+        selection: which ``ceil(k*N)`` demo tokens are kept: ``top`` (highest entropy: the paper),
+            ``random`` (a seeded uniform choice, the same count) or ``bottom`` (lowest entropy, the same
+            count). Continuation tokens are untouched in every mode. Default ``top``.
+        source: whose per-token entropy is ranked: ``old`` (the old policy's, computed by verl before the
+            update: the paper's) or ``current`` (the policy being updated, as the authors' code does per
+            micro-batch; only with ``scope=micro_batch``, the one place it exists). Default ``old``.
     """
 
     enable: bool = True
     top_ratio: float = 0.2
     scope: str = "mini_batch"
+    selection: str = "top"
+    source: str = "old"
 
 
 @dataclass
@@ -205,6 +216,28 @@ class PrefixRFTConfig:
             "a float in (0, 1]",
         )
         _check(e.scope in ENTROPY_SCOPES, "entropy_clip.scope", e.scope, f"one of {ENTROPY_SCOPES}")
+        _check(
+            e.selection in ENTROPY_SELECTIONS,
+            "entropy_clip.selection",
+            e.selection,
+            f"one of {ENTROPY_SELECTIONS}",
+        )
+        _check(e.source in ENTROPY_SOURCES, "entropy_clip.source", e.source, f"one of {ENTROPY_SOURCES}")
+        _check(
+            not (e.source == "current" and e.scope != "micro_batch"),
+            "entropy_clip.source",
+            e.source,
+            "old with entropy_clip.scope=mini_batch or batch (those rankings are decided on the driver "
+            "before the update, where only the old policy's entropy exists); or set "
+            "entropy_clip.scope=micro_batch to rank the current policy's entropy inside the loss",
+        )
+        _check(
+            not (e.selection == "random" and e.scope == "micro_batch"),
+            "entropy_clip.selection",
+            e.selection,
+            "top or bottom with entropy_clip.scope=micro_batch (a random choice reads no entropy and is "
+            "seeded per step on the driver: use entropy_clip.scope=mini_batch or batch)",
+        )
         _check(lo.is_mode in IS_MODES, "loss.is_mode", lo.is_mode, f"one of {IS_MODES}")
         _check(
             _is_num(lo.luffy_gamma) and lo.luffy_gamma > 0, "loss.luffy_gamma", lo.luffy_gamma, "a float > 0"

@@ -47,8 +47,8 @@ from verl.workers.utils.padding import response_to_nested
 
 from prefix_rft.advantage import ESTIMATOR_NAME, prefix_rows
 from prefix_rft.config import EntropyClipConfig, PrefixRFTConfig
-from prefix_rft.core.entropy import select_top_entropy
-from prefix_rft.core.schedule import ratio_bounds
+from prefix_rft.core.entropy import select_demo_tokens
+from prefix_rft.core.schedule import ratio_bounds, stable_seed
 from prefix_rft.verl_config import validate_verl_config
 
 logger = logging.getLogger(__name__)
@@ -144,19 +144,29 @@ def build_keep_mask(
     prefix_mask: torch.Tensor,
     ecfg: EntropyClipConfig,
     group_ids: torch.Tensor | None,
+    seed: int = 0,
 ) -> torch.Tensor:
     """``prefix_keep_mask`` (int ``[B, T]``): the demo tokens whose advantage survives entropy clipping.
 
-    ``scope=mini_batch``: top ``ceil(k*N_g)`` prefix tokens of each mini-batch ``g`` (``group_ids``);
-    ``scope=batch``: of the whole batch. ``enable=false`` keeps every prefix token; ``scope=micro_batch``
-    cannot be decided on the driver (micro-batches form inside the engine), so every prefix token is a
-    candidate and the actor loss ranks them per micro-batch.
+    ``scope=mini_batch``: ``ceil(k*N_g)`` prefix tokens of each mini-batch ``g`` (``group_ids``);
+    ``scope=batch``: of the whole batch; which ones is ``ecfg.selection`` (top / random with ``seed`` /
+    bottom), via :func:`prefix_rft.core.entropy.select_demo_tokens`. ``entropy`` is the old policy's
+    (``source=old``, the only source on the driver). ``enable=false`` keeps every prefix token;
+    ``scope=micro_batch`` cannot be decided on the driver (micro-batches form inside the engine), so every
+    prefix token is a candidate and the actor loss ranks them per micro-batch.
     """
     prefix = prefix_mask.bool()
     if not ecfg.enable or ecfg.scope == "micro_batch":
         return prefix.long()
     groups = group_ids if ecfg.scope == "mini_batch" else None
-    return select_top_entropy(entropy, prefix, ecfg.top_ratio, group_ids=groups).long()
+    return select_demo_tokens(
+        entropy, prefix, ecfg.top_ratio, ecfg.selection, group_ids=groups, seed=seed
+    ).long()
+
+
+def selection_seed(seed: int, global_step: int) -> int:
+    """Seed of ``entropy_clip.selection=random`` at ``global_step``: a fresh, reproducible draw each step."""
+    return stable_seed("entropy_select", seed, global_step)
 
 
 def _mean(x: torch.Tensor) -> float:
@@ -339,7 +349,13 @@ class PrefixRFTTrainer(PPOTrainerSync):
                 shuffle=bool(actor.shuffle),
                 seed=int(actor.data_loader_seed),
             )
-        keep = build_keep_mask(entropy, prefix, self.prefix_cfg.entropy_clip, group_ids)
+        keep = build_keep_mask(
+            entropy,
+            prefix,
+            self.prefix_cfg.entropy_clip,
+            group_ids,
+            seed=selection_seed(self.prefix_cfg.seed, self.global_steps),
+        )
         put = TensorDict(
             {
                 TOKEN_FIELD: response_to_nested(prefix, response_mask),
@@ -452,5 +468,6 @@ __all__ = [
     "PrefixRFTTrainer",
     "actor_minibatch_group_ids",
     "build_keep_mask",
+    "selection_seed",
     "compute_prefix_metrics",
 ]

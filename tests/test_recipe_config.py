@@ -140,6 +140,7 @@ def test_megatron_and_sglang_compose():
         (
             [
                 "prefix_rft.entropy_clip.scope=micro_batch",
+                "prefix_rft.entropy_clip.source=current",
                 "actor_rollout_ref.actor.calculate_entropy=false",
                 "actor_rollout_ref.actor.entropy_coeff=0",
             ],
