@@ -15,7 +15,7 @@
 * ``_compute_advantage``: verl fetches a fixed field list (l.1745) and calls the registered estimator
   with fixed keywords (``ray_trainer.py`` l.249-279); we run it inside
   :func:`prefix_rft.advantage.prefix_rows` so the ``prefix_rft`` estimator sees each row's
-  ``is_prefixed``. Then we build the entropy keep-mask (``prefix_keep_mask``, paper sec. 3) on the driver,
+  ``is_prefixed`` and ``prefix_len``. Then we build the entropy keep-mask (``prefix_keep_mask``, paper sec. 3) on the driver,
   exactly, over each PPO mini-batch as the actor will form it (or the whole batch), write it to
   TransferQueue for the actor loss, and compute the ``prefix_rft/`` metrics. ``prefix_mask`` is rewritten
   as ``prefix_mask & response_mask``: verl's padding rows (``padding_utils.py``
@@ -330,7 +330,8 @@ class PrefixRFTTrainer(PPOTrainerSync):
             select_fields=["response_mask", TOKEN_FIELD, "entropy", "rm_scores", *ROW_FIELDS],
         )
         is_prefixed = to_rows(data["is_prefixed"]).long()
-        with prefix_rows(is_prefixed, self.prefix_cfg.advantage):
+        prefix_len = to_rows(data["prefix_len"]).long()  # dr_grpo_prefix: the demo tokens of each row
+        with prefix_rows(is_prefixed, self.prefix_cfg.advantage, prefix_len=prefix_len):
             batch = super()._compute_advantage(batch, metrics)
 
         response_mask = as_nested(data["response_mask"])

@@ -107,8 +107,8 @@ def validate_verl_config(cfg: Any) -> PrefixRFTConfig:
                 "and it skips the old-policy entropy that entropy clipping ranks by",
                 "algorithm.rollout_correction.bypass_mode=false",
             )
-    elif pcfg.advantage.mode == "prefix_aware":
-        pass  # without prefixed rollouts the prefix-aware baseline equals the group mean: harmless
+    elif pcfg.advantage.mode != "group":
+        pass  # without prefixed rollouts both prefix-aware variants equal the group mean: harmless
 
     ec = pcfg.entropy_clip
     if pcfg.num_prefixed > 0 and ec.enable:

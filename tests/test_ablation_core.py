@@ -101,3 +101,56 @@ def test_selection_and_source_defaults_and_validation():
     for block, message in cases:
         with pytest.raises(PrefixRFTConfigError, match=message):
             from_dict({"entropy_clip": block})
+
+
+# ---------------------------------------------------------------- prefix-aware advantages
+
+from prefix_rft.core.advantage import dr_grpo_prefix_advantage, on_policy_baseline_advantage  # noqa: E402
+
+# one group of 4: a hybrid rollout (3 demo tokens then 2 generated) with reward 1, on-policy rewards 1, 0, 0
+SCORES = torch.tensor([1.0, 1.0, 0.0, 0.0])
+HYBRID = torch.tensor([1, 0, 0, 0])
+PLEN = torch.tensor([3, 0, 0, 0])
+
+
+def test_dr_grpo_prefix_hand_values():
+    adv = dr_grpo_prefix_advantage(SCORES, ["u"] * 4, HYBRID, PLEN, width=5)
+    m = 1.0 / 3.0  # mean of the on-policy rewards 1, 0, 0
+    assert adv[0].tolist() == pytest.approx([1 - m] * 3 + [1.0, 1.0])  # demo: r - m; continuation: raw r
+    assert adv[1].tolist() == pytest.approx([1 - m] * 5)
+    assert adv[2].tolist() == pytest.approx([-m] * 5) and adv[3].tolist() == pytest.approx([-m] * 5)
+    # a wrong hybrid (r = 0): demo tokens pushed down by m, its continuation gets exactly 0
+    adv = dr_grpo_prefix_advantage(torch.tensor([0.0, 1.0, 0.0, 0.0]), ["u"] * 4, HYBRID, PLEN, width=5)
+    assert adv[0].tolist() == pytest.approx([-m] * 3 + [0.0, 0.0])
+
+
+def test_on_policy_baseline_gives_every_token_the_same_value():
+    adv = on_policy_baseline_advantage(SCORES, ["u"] * 4, HYBRID)
+    assert adv.tolist() == pytest.approx([2 / 3, 2 / 3, -1 / 3, -1 / 3])
+
+
+def test_dr_grpo_prefix_whole_demo_groups_and_fallback():
+    # whole demo (prefix_len = response length): no continuation token, all r - m; two interleaved groups
+    adv = dr_grpo_prefix_advantage(
+        torch.tensor([1.0, 0.0, 0.0, 1.0]),
+        ["a", "b", "a", "b"],
+        torch.tensor([1, 1, 0, 0]),
+        torch.tensor([2, 1, 0, 0]),
+        width=2,
+    )
+    assert adv.tolist() == [[1.0, 1.0], [-1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]  # exact in float32
+    # only hybrid rollouts in the group: demo tokens fall back to the whole group's mean (0.5)
+    adv = dr_grpo_prefix_advantage(
+        torch.tensor([1.0, 0.0]), ["g", "g"], torch.tensor([1, 1]), torch.tensor([1, 1]), width=2
+    )
+    assert adv.tolist() == [[0.5, 1.0], [-0.5, 0.0]]
+    with pytest.raises(ValueError, match="prefix_len"):
+        dr_grpo_prefix_advantage(SCORES, ["u"] * 4, HYBRID, torch.tensor([1, 2]), width=5)
+
+
+def test_prefix_aware_is_a_refused_alias_naming_its_new_name():
+    with pytest.raises(PrefixRFTConfigError, match=r"renamed to 'on_policy_baseline'.*use dr_grpo_prefix"):
+        from_dict({"advantage": {"mode": "prefix_aware"}})
+    assert from_dict({"advantage": {"mode": "dr_grpo_prefix"}}).advantage.mode == "dr_grpo_prefix"
+    with pytest.raises(PrefixRFTConfigError, match="prefix_rft.advantage.norm_by_std=True"):
+        from_dict({"advantage": {"mode": "dr_grpo_prefix", "norm_by_std": True}})
