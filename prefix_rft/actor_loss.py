@@ -26,9 +26,11 @@ Decisions (for the trainer engineer):
   ``response_mask``): ``prefix_mask`` (written by the agent loop) and ``prefix_keep_mask`` (written by
   the trainer; REQUIRED when ``prefix_rft.entropy_clip.enable`` with scope ``mini_batch``/``batch`` and
   the batch has prefix tokens; ignored when disabled: every prefix token is then kept). With
-  ``entropy_clip.scope=micro_batch`` (the authors' code) the loss ranks the micro-batch's demo tokens by
-  the current policy's entropy itself (``model_output["entropy"]``, needs ``actor.calculate_entropy``)
-  and ignores ``prefix_keep_mask``.
+  ``entropy_clip.scope=micro_batch`` the loss selects the micro-batch's demo tokens itself
+  (:func:`prefix_rft.core.entropy.select_demo_tokens`, the trainer's entry point too) and ignores
+  ``prefix_keep_mask``; it ranks the entropy ``entropy_clip.source`` names: ``current`` (the authors' code,
+  ``model_output["entropy"]``, needs ``actor.calculate_entropy``) or ``old`` (verl's pre-update ``entropy``
+  field of the batch).
 
 * Plain batches. A batch without ``prefix_mask`` is handed to verl's own ``ppo_loss`` untouched (any
   ``policy_loss.loss_mode``) only when ``prefix_rft.num_prefixed=0``; with demo prefixes configured it is
@@ -67,7 +69,7 @@ from verl.workers.utils.losses import ppo_loss
 from verl.workers.utils.padding import no_padding_2_padding
 
 from prefix_rft.config import PrefixRFTConfig
-from prefix_rft.core.entropy import select_top_entropy
+from prefix_rft.core.entropy import select_demo_tokens
 from prefix_rft.core.loss import aggregation_mask, entropy_loss_mask, prefix_rft_token_loss
 
 
@@ -225,7 +227,11 @@ def prefix_rft_ppo_loss(
         fields.append("rollout_is_weights")
     if "ref_log_prob" in data.keys():
         fields.append("ref_log_prob")
+    rank_old_entropy = eclip.enable and eclip.scope == "micro_batch" and eclip.source == "old"
+    if rank_old_entropy and "entropy" in data.keys():
+        fields.append("entropy")  # verl's old-policy entropy (TransferQueue field `entropy`)
     data = data.select(*fields).to_padded_tensor()
+    old_entropy = data["entropy"].float() if rank_old_entropy and "entropy" in data.keys() else None
 
     response_mask = data["response_mask"].to(bool)
     prefix_mask = data["prefix_mask"].to(bool) & response_mask
@@ -241,13 +247,24 @@ def prefix_rft_ppo_loss(
         else:
             keep_mask = data["prefix_keep_mask"].to(bool)
     elif eclip.enable:
-        # The authors' variant: rank this micro-batch's demo tokens by the current policy's entropy.
-        if entropy is None:
-            raise ValueError(
-                "prefix_rft.entropy_clip.scope=micro_batch ranks demo tokens by the current policy's "
-                "entropy: set actor_rollout_ref.actor.calculate_entropy=true"
-            )
-        keep_mask = select_top_entropy(entropy.detach(), prefix_mask, eclip.top_ratio)
+        # scope=micro_batch: rank this micro-batch's demo tokens here, by the entropy_clip.source entropy
+        # (current: the authors' code; old: verl's pre-update entropy, written to TransferQueue as `entropy`).
+        if eclip.source == "current":
+            if entropy is None:
+                raise ValueError(
+                    "prefix_rft.entropy_clip.source=current ranks demo tokens by the current policy's "
+                    "entropy: set actor_rollout_ref.actor.calculate_entropy=true"
+                )
+            rank_by = entropy.detach()
+        else:
+            if old_entropy is None:
+                raise ValueError(
+                    "prefix_rft.entropy_clip.source=old with scope=micro_batch needs the old policy's entropy "
+                    "(`entropy`) in the actor batch, and it has none; set prefix_rft.entropy_clip.source=current "
+                    "or scope=mini_batch"
+                )
+            rank_by = old_entropy
+        keep_mask = select_demo_tokens(rank_by, prefix_mask, eclip.top_ratio, eclip.selection)
 
     loss_agg_mode = config.loss_agg_mode
     clip_low, clip_high, clip_c = _clip_params(config)

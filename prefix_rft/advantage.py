@@ -4,8 +4,9 @@ verl 0.9.1 calls a custom estimator with a fixed set of keywords (``verl/trainer
 ``compute_advantage``): ``token_level_rewards, response_mask, config`` (= ``algorithm``),
 ``index`` (the prompt uids) and ``reward_baselines`` when present. It has no way to pass a per-row field
 such as ``is_prefixed``; the Prefix-RFT trainer therefore opens :func:`prefix_rows` around verl's
-``_compute_advantage``, and the estimator reads the rows' flags and the ``prefix_rft.advantage`` knobs
-from that context. Outside it (e.g. under verl's plain trainer) the estimator is the paper's default:
+``_compute_advantage``, and the estimator reads the rows' flags (``is_prefixed``, and ``prefix_len`` for
+``dr_grpo_prefix``: a hybrid rollout's first ``prefix_len`` response tokens are demo tokens) and the
+``prefix_rft.advantage`` knobs from that context. Outside it (e.g. under verl's plain trainer) the estimator is the paper's default:
 Dr.GRPO over the whole group.
 """
 
@@ -21,7 +22,7 @@ import torch
 from verl.trainer.ppo.core_algos import register_adv_est
 
 from prefix_rft.config import AdvantageConfig
-from prefix_rft.core.advantage import group_advantage, prefix_aware_advantage
+from prefix_rft.core.advantage import dr_grpo_prefix_advantage, group_advantage, on_policy_baseline_advantage
 
 ESTIMATOR_NAME = "prefix_rft"
 
@@ -30,15 +31,19 @@ ESTIMATOR_NAME = "prefix_rft"
 class _PrefixRows:
     is_prefixed: torch.Tensor | None
     cfg: AdvantageConfig
+    prefix_len: torch.Tensor | None = None
 
 
 _CONTEXT: contextvars.ContextVar[_PrefixRows | None] = contextvars.ContextVar("prefix_rft_rows", default=None)
 
 
 @contextmanager
-def prefix_rows(is_prefixed: torch.Tensor | None, cfg: AdvantageConfig) -> Iterator[None]:
-    """Make ``is_prefixed`` (``[B]``, rows in the order verl passes them) and ``cfg`` visible to the estimator."""
-    token = _CONTEXT.set(_PrefixRows(is_prefixed, cfg))
+def prefix_rows(
+    is_prefixed: torch.Tensor | None, cfg: AdvantageConfig, prefix_len: torch.Tensor | None = None
+) -> Iterator[None]:
+    """Make ``is_prefixed`` and ``prefix_len`` (``[B]``, rows in the order verl passes them) and ``cfg``
+    visible to the estimator."""
+    token = _CONTEXT.set(_PrefixRows(is_prefixed, cfg, prefix_len))
     try:
         yield
     finally:
@@ -56,8 +61,10 @@ def compute_prefix_rft_advantage(
     """Outcome advantage of every rollout, broadcast over its response tokens (paper A.2).
 
     ``mode=group`` (default): Dr.GRPO, ``A_i = r_i - mean(r_group)`` over all ``n`` rollouts of a prompt,
-    hybrid and on-policy together. ``mode=prefix_aware``: baseline = mean of the group's on-policy rollouts
-    (needs ``is_prefixed`` from the trainer). Returns ``(advantages, returns)``, both ``[B, T]``.
+    hybrid and on-policy together. ``mode=on_policy_baseline``: baseline = mean of the group's on-policy
+    rollouts, on every token (needs ``is_prefixed`` from the trainer). ``mode=dr_grpo_prefix`` (the authors'
+    estimator): demo tokens ``r - mean(on-policy)``, a hybrid rollout's generated tokens its raw ``r`` (needs
+    ``is_prefixed`` and ``prefix_len``). Returns ``(advantages, returns)``, both ``[B, T]``.
     """
     if index is None:
         raise ValueError(
@@ -67,20 +74,29 @@ def compute_prefix_rft_advantage(
     cfg = ctx.cfg if ctx is not None else AdvantageConfig()
     scores = token_level_rewards.sum(dim=-1)
     uids = list(index)
-    if cfg.mode == "prefix_aware":
-        if ctx is None or ctx.is_prefixed is None:
+    if cfg.mode in ("on_policy_baseline", "dr_grpo_prefix"):
+        if (
+            ctx is None
+            or ctx.is_prefixed is None
+            or (cfg.mode == "dr_grpo_prefix" and ctx.prefix_len is None)
+        ):
             raise ValueError(
-                "prefix_rft.advantage.mode=prefix_aware needs each rollout's is_prefixed flag, which only the "
-                "Prefix-RFT trainer (prefix_rft.trainer.PrefixRFTTrainer) provides. Launch through "
-                "recipe/prefix_rft/main_prefix_rft.py, or set prefix_rft.advantage.mode=group."
+                f"prefix_rft.advantage.mode={cfg.mode} needs each rollout's is_prefixed flag (and prefix_len), "
+                "which only the Prefix-RFT trainer (prefix_rft.trainer.PrefixRFTTrainer) provides. Launch "
+                "through recipe/prefix_rft/main_prefix_rft.py, or set prefix_rft.advantage.mode=group."
             )
         if ctx.is_prefixed.shape[0] != scores.shape[0]:
             raise ValueError(
                 f"is_prefixed has {ctx.is_prefixed.shape[0]} rows but the batch has {scores.shape[0]}"
             )
-        adv = prefix_aware_advantage(
-            scores, uids, ctx.is_prefixed.to(scores.device), norm_by_std=cfg.norm_by_std
-        )
+        is_prefixed = ctx.is_prefixed.to(scores.device)
+        if cfg.mode == "dr_grpo_prefix":
+            adv = dr_grpo_prefix_advantage(
+                scores, uids, is_prefixed, ctx.prefix_len.to(scores.device), response_mask.shape[-1]
+            )
+            adv = adv.to(token_level_rewards.device) * response_mask
+            return adv, adv
+        adv = on_policy_baseline_advantage(scores, uids, is_prefixed, norm_by_std=cfg.norm_by_std)
     else:
         adv = group_advantage(scores, uids, norm_by_std=cfg.norm_by_std)
     adv = adv.to(token_level_rewards.device).unsqueeze(-1) * response_mask

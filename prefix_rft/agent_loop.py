@@ -34,6 +34,10 @@ Row identity: ``row_uid = "<extra_info.index>:<digest of the prompt messages>"``
 and processes; verl's ``uid`` is a fresh uuid per step and cannot be used for resume-exact draws, and
 ``index`` alone defaults to 0 when a dataset has no ``extra_info.index``).
 
+``prefix_rft.demo_fraction < 1`` (the "10% of the demos" ablation): a row whose ``row_uid`` fails
+:func:`~prefix_rft.core.schedule.keeps_demo` is rolled out as plain RL (no session is prefixed, its prompt
+kept, ``demo_missing`` = 0); ``prefix_rft/prefixed_frac`` shows the share of prefixed rollouts.
+
 Validation. verl 0.9.1 pops ``validate`` from the batch before the agent loop runs, and the loop gets
 the same kwargs for train and validation. A request is treated as validation (never prefixed,
 ``demo_missing`` = 0) when it carries a truthy ``validate`` kwarg (honoured if a verl version passes it)
@@ -63,7 +67,7 @@ from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentL
 from verl.workers.rollout.replica import TokenOutput
 
 from prefix_rft.config import PrefixRFTConfig
-from prefix_rft.core.schedule import choose_demo, sample_prefix_ratio
+from prefix_rft.core.schedule import choose_demo, keeps_demo, sample_prefix_ratio
 from prefix_rft.core.splice import splice_prefix
 from prefix_rft.verl_config import VALIDATION_SPLITS, context_window, prefix_config_from_verl
 
@@ -359,6 +363,7 @@ class PrefixRFTAgentLoop(SingleTurnAgentLoop):
             not is_validation_request(kwargs)
             and session_id is not None
             and int(_plain(session_id)) < cfg.num_prefixed
+            and keeps_demo(row_uid(kwargs), seed=cfg.seed, fraction=cfg.demo_fraction)  # demo_fraction
         )
         plan = self._plan(kwargs) if wants_prefix else None
         if plan is None or plan.demo_text is None:

@@ -17,8 +17,11 @@ from typing import Any
 SCHEDULES = ("cosine", "linear", "const")
 SAMPLERS = ("uniform", "beta")
 ENTROPY_SCOPES = ("mini_batch", "batch", "micro_batch")
+ENTROPY_SELECTIONS = ("top", "random", "bottom")
+ENTROPY_SOURCES = ("old", "current")
 IS_MODES = ("ppo", "behavior_one", "luffy")
-ADV_MODES = ("group", "prefix_aware")
+ADV_MODES = ("group", "on_policy_baseline", "dr_grpo_prefix")
+RENAMED_ADV_MODES = {"prefix_aware": "on_policy_baseline"}
 PREFIX_TOKEN_MODES = ("train", "freeze", "exclude")
 
 
@@ -67,12 +70,21 @@ class EntropyClipConfig:
             Default 0.2 (the paper's top-20%).
         scope: the group the ranking runs over: ``mini_batch`` (paper: each PPO mini-batch),
             ``batch`` (the whole training batch) or ``micro_batch`` (the authors' code; depends on
-            micro-batch size). Default ``mini_batch``.
+            micro-batch size; ranked inside the actor loss). Default ``mini_batch``. The scope says
+            only *where* tokens are ranked, never whose entropy: that is ``source``.
+        selection: which ``ceil(k*N)`` demo tokens are kept: ``top`` (highest entropy: the paper),
+            ``random`` (a seeded uniform choice, the same count) or ``bottom`` (lowest entropy, the same
+            count). Continuation tokens are untouched in every mode. Default ``top``.
+        source: whose per-token entropy is ranked: ``old`` (the old policy's, computed by verl before the
+            update: the paper's) or ``current`` (the policy being updated, as the authors' code does per
+            micro-batch; only with ``scope=micro_batch``, the one place it exists). Default ``old``.
     """
 
     enable: bool = True
     top_ratio: float = 0.2
     scope: str = "mini_batch"
+    selection: str = "top"
+    source: str = "old"
 
 
 @dataclass
@@ -114,9 +126,13 @@ class AdvantageConfig:
     """Advantage estimator (paper A.2: Dr.GRPO).
 
     Attributes:
-        mode: ``group`` (Dr.GRPO over the whole mixed group: the paper) or ``prefix_aware``
-            (baseline = mean of the group's on-policy rollouts only). Default ``group``.
-        norm_by_std: divide by the group's std (plain GRPO). Default false (Dr.GRPO).
+        mode: ``group`` (Dr.GRPO over the whole mixed group: the paper), ``on_policy_baseline`` (every
+            token of every rollout: ``r - mean(on-policy rewards of the group)``; formerly ``prefix_aware``,
+            a name now refused) or ``dr_grpo_prefix`` (the authors' estimator: demo tokens
+            ``r - mean(on-policy rewards)``, the hybrid rollout's generated tokens its raw reward ``r``).
+            Default ``group``.
+        norm_by_std: divide by the group's std (plain GRPO). Default false (Dr.GRPO); not with
+            ``dr_grpo_prefix``.
     """
 
     mode: str = "group"
@@ -133,6 +149,10 @@ class PrefixRFTConfig:
         demo_key: dataset column holding the demonstration(s): a string or a list of strings.
             Default ``demonstrations``.
         seed: seed of the prefix-ratio draws and of the choice among several demos. Default 42.
+        demo_fraction: fraction of training rows that keep their demonstrations (the paper's "10% of the
+            demos" ablation uses 0.1): a seeded hash of each row's identity decides, the same rows every
+            step; the other rows get no prefix (all ``rollout.n`` samples on-policy, ``demo_missing`` 0).
+            Default 1.0 (every row).
         ratio: prefix-ratio schedule, see :class:`RatioScheduleConfig`.
         entropy_clip: see :class:`EntropyClipConfig`.
         loss: see :class:`PrefixLossConfig`.
@@ -142,6 +162,7 @@ class PrefixRFTConfig:
     num_prefixed: int = 1
     demo_key: str = "demonstrations"
     seed: int = 42
+    demo_fraction: float = 1.0
     ratio: RatioScheduleConfig = field(default_factory=RatioScheduleConfig)
     entropy_clip: EntropyClipConfig = field(default_factory=EntropyClipConfig)
     loss: PrefixLossConfig = field(default_factory=PrefixLossConfig)
@@ -170,6 +191,12 @@ class PrefixRFTConfig:
             "a non-empty dataset column name",
         )
         _check(_is_int(self.seed), "seed", self.seed, "an integer")
+        _check(
+            _is_num(self.demo_fraction) and 0.0 < self.demo_fraction <= 1.0,
+            "demo_fraction",
+            self.demo_fraction,
+            "a float in (0, 1] (1.0 = every row keeps its demos; num_prefixed=0 for none)",
+        )
         _check(r.schedule in SCHEDULES, "ratio.schedule", r.schedule, f"one of {SCHEDULES}")
         for name in ("low_start", "low_end", "high"):
             v = getattr(r, name)
@@ -205,6 +232,28 @@ class PrefixRFTConfig:
             "a float in (0, 1]",
         )
         _check(e.scope in ENTROPY_SCOPES, "entropy_clip.scope", e.scope, f"one of {ENTROPY_SCOPES}")
+        _check(
+            e.selection in ENTROPY_SELECTIONS,
+            "entropy_clip.selection",
+            e.selection,
+            f"one of {ENTROPY_SELECTIONS}",
+        )
+        _check(e.source in ENTROPY_SOURCES, "entropy_clip.source", e.source, f"one of {ENTROPY_SOURCES}")
+        _check(
+            not (e.source == "current" and e.scope != "micro_batch"),
+            "entropy_clip.source",
+            e.source,
+            "old with entropy_clip.scope=mini_batch or batch (those rankings are decided on the driver "
+            "before the update, where only the old policy's entropy exists); or set "
+            "entropy_clip.scope=micro_batch to rank the current policy's entropy inside the loss",
+        )
+        _check(
+            not (e.selection == "random" and e.scope == "micro_batch"),
+            "entropy_clip.selection",
+            e.selection,
+            "top or bottom with entropy_clip.scope=micro_batch (a random choice reads no entropy and is "
+            "seeded per step on the driver: use entropy_clip.scope=mini_batch or batch)",
+        )
         _check(lo.is_mode in IS_MODES, "loss.is_mode", lo.is_mode, f"one of {IS_MODES}")
         _check(
             _is_num(lo.luffy_gamma) and lo.luffy_gamma > 0, "loss.luffy_gamma", lo.luffy_gamma, "a float > 0"
@@ -234,8 +283,22 @@ class PrefixRFTConfig:
             lo.sft_coef,
             "0 with loss.prefix_tokens=exclude (excluded demo tokens carry no term; use prefix_tokens=freeze)",
         )
+        if a.mode in RENAMED_ADV_MODES:
+            raise PrefixRFTConfigError(
+                f"prefix_rft.advantage.mode={a.mode!r} was renamed to {RENAMED_ADV_MODES[a.mode]!r} (every token "
+                "of every rollout gets r - mean of the group's on-policy rewards); for the authors' estimator "
+                "(demo tokens against that mean, generated tokens their raw reward) use dr_grpo_prefix. Fix: "
+                f"prefix_rft.advantage.mode={RENAMED_ADV_MODES[a.mode]}"
+            )
         _check(a.mode in ADV_MODES, "advantage.mode", a.mode, f"one of {ADV_MODES}")
         _check(isinstance(a.norm_by_std, bool), "advantage.norm_by_std", a.norm_by_std, "true or false")
+        _check(
+            not (a.mode == "dr_grpo_prefix" and a.norm_by_std),
+            "advantage.norm_by_std",
+            a.norm_by_std,
+            "false with advantage.mode=dr_grpo_prefix (a Dr.GRPO estimator: no std; its raw-reward "
+            "continuation term has no group to take a std over)",
+        )
         return self
 
 

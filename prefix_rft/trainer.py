@@ -15,7 +15,7 @@
 * ``_compute_advantage``: verl fetches a fixed field list and calls the registered estimator
   with fixed keywords (``verl.trainer.ppo.ray_trainer.compute_advantage``); we run it inside
   :func:`prefix_rft.advantage.prefix_rows` so the ``prefix_rft`` estimator sees each row's
-  ``is_prefixed``. Then we build the entropy keep-mask (``prefix_keep_mask``, paper sec. 3) on the driver,
+  ``is_prefixed`` and ``prefix_len``. Then we build the entropy keep-mask (``prefix_keep_mask``, paper sec. 3) on the driver,
   exactly, over each PPO mini-batch as the actor will form it (or the whole batch), write it to
   TransferQueue for the actor loss, and compute the ``prefix_rft/`` metrics. ``prefix_mask`` is rewritten
   as ``prefix_mask & response_mask``: verl's padding rows (``padding_utils.py``
@@ -47,8 +47,8 @@ from verl.workers.utils.padding import response_to_nested
 
 from prefix_rft.advantage import ESTIMATOR_NAME, prefix_rows
 from prefix_rft.config import EntropyClipConfig, PrefixRFTConfig
-from prefix_rft.core.entropy import select_top_entropy
-from prefix_rft.core.schedule import ratio_bounds
+from prefix_rft.core.entropy import select_demo_tokens
+from prefix_rft.core.schedule import ratio_bounds, stable_seed
 from prefix_rft.verl_config import check_training_rows, validate_verl_config
 
 logger = logging.getLogger(__name__)
@@ -158,19 +158,29 @@ def build_keep_mask(
     prefix_mask: torch.Tensor,
     ecfg: EntropyClipConfig,
     group_ids: torch.Tensor | None,
+    seed: int = 0,
 ) -> torch.Tensor:
     """``prefix_keep_mask`` (int ``[B, T]``): the demo tokens whose advantage survives entropy clipping.
 
-    ``scope=mini_batch``: top ``ceil(k*N_g)`` prefix tokens of each mini-batch ``g`` (``group_ids``);
-    ``scope=batch``: of the whole batch. ``enable=false`` keeps every prefix token; ``scope=micro_batch``
-    cannot be decided on the driver (micro-batches form inside the engine), so every prefix token is a
-    candidate and the actor loss ranks them per micro-batch.
+    ``scope=mini_batch``: ``ceil(k*N_g)`` prefix tokens of each mini-batch ``g`` (``group_ids``);
+    ``scope=batch``: of the whole batch; which ones is ``ecfg.selection`` (top / random with ``seed`` /
+    bottom), via :func:`prefix_rft.core.entropy.select_demo_tokens`. ``entropy`` is the old policy's
+    (``source=old``, the only source on the driver). ``enable=false`` keeps every prefix token;
+    ``scope=micro_batch`` cannot be decided on the driver (micro-batches form inside the engine), so every
+    prefix token is a candidate and the actor loss ranks them per micro-batch.
     """
     prefix = prefix_mask.bool()
     if not ecfg.enable or ecfg.scope == "micro_batch":
         return prefix.long()
     groups = group_ids if ecfg.scope == "mini_batch" else None
-    return select_top_entropy(entropy, prefix, ecfg.top_ratio, group_ids=groups).long()
+    return select_demo_tokens(
+        entropy, prefix, ecfg.top_ratio, ecfg.selection, group_ids=groups, seed=seed
+    ).long()
+
+
+def selection_seed(seed: int, global_step: int) -> int:
+    """Seed of ``entropy_clip.selection=random`` at ``global_step``: a fresh, reproducible draw each step."""
+    return stable_seed("entropy_select", seed, global_step)
 
 
 def _mean(x: torch.Tensor) -> float:
@@ -345,7 +355,8 @@ class PrefixRFTTrainer(PPOTrainerSync):
             select_fields=["response_mask", TOKEN_FIELD, "entropy", "rm_scores", *ROW_FIELDS],
         )
         is_prefixed = to_rows(data["is_prefixed"]).long()
-        with prefix_rows(is_prefixed, self.prefix_cfg.advantage):
+        prefix_len = to_rows(data["prefix_len"]).long()  # dr_grpo_prefix: the demo tokens of each row
+        with prefix_rows(is_prefixed, self.prefix_cfg.advantage, prefix_len=prefix_len):
             batch = super()._compute_advantage(batch, metrics)
 
         response_mask = as_nested(data["response_mask"])
@@ -363,7 +374,13 @@ class PrefixRFTTrainer(PPOTrainerSync):
             seed=int(actor.data_loader_seed),
         )
         ranked_by = group_ids if self.prefix_cfg.entropy_clip.scope == "mini_batch" else None
-        keep = build_keep_mask(entropy, prefix, self.prefix_cfg.entropy_clip, ranked_by)
+        keep = build_keep_mask(
+            entropy,
+            prefix,
+            self.prefix_cfg.entropy_clip,
+            ranked_by,
+            seed=selection_seed(self.prefix_cfg.seed, self.global_steps),
+        )
         put = TensorDict(
             {
                 TOKEN_FIELD: response_to_nested(prefix, response_mask),
@@ -477,5 +494,6 @@ __all__ = [
     "PrefixRFTTrainer",
     "actor_minibatch_group_ids",
     "build_keep_mask",
+    "selection_seed",
     "compute_prefix_metrics",
 ]

@@ -198,8 +198,8 @@ def validate_verl_config(cfg: Any) -> PrefixRFTConfig:
                 "and it skips the old-policy entropy that entropy clipping ranks by",
                 "algorithm.rollout_correction.bypass_mode=false",
             )
-    elif pcfg.advantage.mode == "prefix_aware":
-        pass  # without prefixed rollouts the prefix-aware baseline equals the group mean: harmless
+    elif pcfg.advantage.mode != "group":
+        pass  # without prefixed rollouts both prefix-aware variants equal the group mean: harmless
 
     ec = pcfg.entropy_clip
     if pcfg.num_prefixed > 0 and ec.enable:
@@ -213,14 +213,14 @@ def validate_verl_config(cfg: Any) -> PrefixRFTConfig:
                 "single per-mini-batch entropy ranking cannot match them",
                 "actor_rollout_ref.actor.shuffle=false, or prefix_rft.entropy_clip.scope=batch",
             )
-        if ec.scope == "micro_batch":
+        if ec.scope == "micro_batch" and ec.source == "current":
             calc = bool(_select(cfg, "actor_rollout_ref.actor.calculate_entropy", False))
             coeff = float(_select(cfg, "actor_rollout_ref.actor.entropy_coeff", 0.0))
             if not calc and coeff == 0.0:
                 _fail(
                     "actor_rollout_ref.actor.calculate_entropy",
                     calc,
-                    "entropy_clip.scope=micro_batch ranks by the current policy's entropy inside the loss",
+                    "entropy_clip.source=current ranks by the current policy's entropy inside the loss",
                     "actor_rollout_ref.actor.calculate_entropy=true",
                 )
     agg_mode = _select(cfg, "actor_rollout_ref.actor.loss_agg_mode", "token-mean")

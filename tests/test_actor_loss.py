@@ -453,7 +453,8 @@ def test_micro_batch_scope_ranks_by_current_entropy():
     other = dict(base, ent=[0.1] * 6, prefix=[0] * 6, keep=[0] * 6, adv=-0.5)
     cfg = actor_config(entropy_coeff=0.0)
     micro = from_dict(
-        {"entropy_clip": {"enable": True, "scope": "micro_batch", "top_ratio": 0.5}}, rollout_n=8
+        {"entropy_clip": {"enable": True, "scope": "micro_batch", "source": "current", "top_ratio": 0.5}},
+        rollout_n=8,
     )
     mo, data, _, _ = build_batch([sample, other])  # its prefix_keep_mask (all 0) must be ignored
     loss, metrics = prefix_rft_ppo_loss(cfg, mo, data, prefix_config=micro)
@@ -540,3 +541,33 @@ def test_mini_batch_replay_guard():
     with pytest.raises(RuntimeError, match=r"mini-batch 1 arrived after mini-batch None"):
         _loss_on(samples, [1, 1], count=2, step=10)  # a step must start with mini-batch 0
     al._REPLAY_STATE.update(step=None, last=None)
+
+
+def test_micro_batch_scope_with_old_entropy_and_bottom_selection():
+    """source=old ranks verl's pre-update `entropy` field, not the current policy's; selection=bottom
+    keeps the same count (ceil(0.5 * 4) = 2) at the lowest old entropies."""
+    base = dict(plen=2, mask=[1] * 6, old=[-1.0] * 6, lp=[-0.9, -1.2, -0.8, -1.1, -1.0, -0.7], ref=[-1.0] * 6)
+    base.update(isw=[1.0] * 6, adv=1.5, keep=[0] * 6)
+    # current entropy would keep tokens 0 and 2 (top); the old entropy (below) says tokens 1 and 3
+    sample = dict(base, ent=[3.0, 1.0, 2.0, 0.5, 9.0, 9.0], prefix=[1, 1, 1, 1, 0, 0])
+    other = dict(base, ent=[0.1] * 6, prefix=[0] * 6, adv=-0.5)
+    old_entropy = [[0.1, 5.0, 0.2, 4.0, 0.0, 0.0], [9.0] * 6]
+    cfg = actor_config(entropy_coeff=0.0)
+
+    def loss_with(selection, keep):
+        block = {"entropy_clip": {"scope": "micro_batch", "top_ratio": 0.5, "selection": selection}}
+        mo, data, _, _ = build_batch([sample, other])
+        data["entropy"] = _nested(old_entropy, torch.float64)
+        loss, metrics = prefix_rft_ppo_loss(cfg, mo, data, prefix_config=from_dict(block, rollout_n=8))
+        mo, data, _, _ = build_batch([dict(sample, keep=keep), other])
+        ref, _ = prefix_rft_ppo_loss(cfg, mo, data, prefix_config=prefix_config())
+        assert loss.item() == pytest.approx(ref.item(), abs=1e-12)
+        assert metrics["prefix_rft/kept_demo_tokens"].values[0] == 2
+
+    loss_with("top", [0, 1, 0, 1, 0, 0])
+    loss_with("bottom", [1, 0, 1, 0, 0, 0])
+    mo, data, _, _ = build_batch([sample, other])  # no old entropy in the batch: a clear error
+    with pytest.raises(ValueError, match="needs the old policy's entropy"):
+        prefix_rft_ppo_loss(
+            cfg, mo, data, prefix_config=from_dict({"entropy_clip": {"scope": "micro_batch"}}, rollout_n=8)
+        )

@@ -456,3 +456,35 @@ async def test_config_errors_are_clear(tokenizer):
             tokenizer,
             RecordingServer(tokenizer),
         )
+
+
+async def test_demo_fraction_rows_without_demos_are_plain_rl_and_not_missing(tokenizer):
+    """demos10 preset: rows failing keeps_demo get no prefix on the designated session, their prompt kept."""
+    from prefix_rft.core.schedule import keeps_demo
+
+    rows = synthetic_math_rows(40, seed=1)
+    config = trainer_config({"num_prefixed": 1, "seed": 7, "demo_fraction": 0.5})
+    kept = [keeps_demo(row_uid(request(r, session_id=0)), seed=7, fraction=0.5) for r in rows]
+    assert 0 < sum(kept) < len(rows)
+    for row, keep in zip(rows[:8], kept[:8], strict=True):
+        server = RecordingServer(tokenizer)
+        out = await make_loop(PrefixRFTAgentLoop, config, tokenizer, server).run(
+            dict(SAMPLING), **request(row, session_id=0)
+        )
+        assert (out.is_prefixed, out.demo_missing) == (int(keep), 0)
+        if not keep:
+            assert out.response_ids == server.answer and out.prefix_mask == [0] * len(server.answer)
+            assert server.calls[0]["prompt_ids"] == out.prompt_ids  # the prompt alone, as plain RL
+
+
+async def test_demo_key_reads_the_weak_demo_column(tokenizer, rows):
+    """weak_demos preset: the prefix comes from prefix_rft.demo_key's column, not `demonstrations`."""
+    row = dict(rows[0], weak_demonstrations=["Weak solution: 6 + 6 = 12. \\boxed{12}"])
+    config = trainer_config({"num_prefixed": 1, "seed": 7, "demo_key": "weak_demonstrations"})
+    out = await make_loop(PrefixRFTAgentLoop, config, tokenizer, RecordingServer(tokenizer)).run(
+        dict(SAMPLING), **request(row, session_id=0)
+    )
+    weak = tokenizer.encode(row["weak_demonstrations"][0], add_special_tokens=False)
+    assert out.is_prefixed == 1 and out.response_ids[: out.prefix_len] == weak[: out.prefix_len]
+    strong = tokenizer.encode(rows[0]["demonstrations"][0], add_special_tokens=False)
+    assert weak[: out.prefix_len] != strong[: out.prefix_len]

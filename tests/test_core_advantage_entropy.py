@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefix_rft.core.advantage import group_advantage, prefix_aware_advantage
+from prefix_rft.core.advantage import group_advantage, on_policy_baseline_advantage
 from prefix_rft.core.entropy import (
     minibatch_group_ids,
     num_kept,
@@ -49,13 +49,13 @@ def test_grpo_std_normalisation():
 def test_prefix_aware_baseline_is_on_policy_mean():
     scores = torch.tensor([1.0, 0.0, 1.0, 0.0])
     prefixed = torch.tensor([True, False, False, False])
-    adv = prefix_aware_advantage(scores, [0] * 4, prefixed)
+    adv = on_policy_baseline_advantage(scores, [0] * 4, prefixed)
     base = 1.0 / 3.0
     assert adv.tolist() == pytest.approx([1 - base, -base, 1 - base, -base])
 
 
 def test_prefix_aware_group_without_on_policy_falls_back_to_group_mean():
-    adv = prefix_aware_advantage(torch.tensor([1.0, 0.0]), ["g", "g"], torch.tensor([True, True]))
+    adv = on_policy_baseline_advantage(torch.tensor([1.0, 0.0]), ["g", "g"], torch.tensor([True, True]))
     assert adv.tolist() == pytest.approx([0.5, -0.5])
 
 
@@ -66,7 +66,7 @@ def test_nan_reward_names_the_uid(fn):
         if fn == "group":
             group_advantage(scores, ["prompt-3", "prompt-7", "prompt-7"])
         else:
-            prefix_aware_advantage(
+            on_policy_baseline_advantage(
                 scores, ["prompt-3", "prompt-7", "prompt-7"], torch.zeros(3, dtype=torch.bool)
             )
 

@@ -21,9 +21,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from prefix_rft.config import PrefixRFTConfigError
-from prefix_rft.core.advantage import prefix_aware_advantage
+from prefix_rft.core.advantage import on_policy_baseline_advantage
 from prefix_rft.core.loss import aggregate_loss, aggregation_mask, prefix_rft_token_loss
+from prefix_rft.core.schedule import keeps_demo, ratio_bounds
 from prefix_rft.presets import describe, list_presets, main, preset_override, preset_path
+from prefix_rft.trainer import build_keep_mask, selection_seed
 from prefix_rft.verl_config import validate_verl_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,9 +62,26 @@ EXPECTED = {
         "prefix_rft.ratio.low_start": 1.0,
         "prefix_rft.loss.prefix_tokens": "freeze",
         "prefix_rft.loss.sft_coef": 1.0,
-        "prefix_rft.advantage.mode": "prefix_aware",
+        "prefix_rft.advantage.mode": "on_policy_baseline",
         "prefix_rft.entropy_clip.enable": False,
     },
+    "freeze_prefix": {"prefix_rft.loss.prefix_tokens": "freeze", "prefix_rft.entropy_clip.enable": True},
+    "static_sft": {
+        "prefix_rft.loss.prefix_tokens": "freeze",
+        "prefix_rft.loss.sft_coef": 0.001,
+        "prefix_rft.entropy_clip.enable": False,
+    },
+    "top50": {"prefix_rft.entropy_clip.top_ratio": 0.5, "prefix_rft.entropy_clip.selection": "top"},
+    "top80": {"prefix_rft.entropy_clip.top_ratio": 0.8, "prefix_rft.entropy_clip.selection": "top"},
+    "random20": {"prefix_rft.entropy_clip.top_ratio": 0.2, "prefix_rft.entropy_clip.selection": "random"},
+    "bottom20": {"prefix_rft.entropy_clip.top_ratio": 0.2, "prefix_rft.entropy_clip.selection": "bottom"},
+    "uniform_ratio": {
+        "prefix_rft.ratio.schedule": "const",
+        "prefix_rft.ratio.low_start": 0.05,
+        "prefix_rft.ratio.high": 0.95,
+    },
+    "demos10": {"prefix_rft.demo_fraction": 0.1, "prefix_rft.num_prefixed": 1},
+    "weak_demos": {"prefix_rft.demo_key": "weak_demonstrations", "prefix_rft.num_prefixed": 1},
 }
 
 
@@ -137,22 +156,33 @@ def test_launcher_list_and_unknown_name(tmp_path):
 
 PREFIX = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.float64)
 MASK = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.float64)
-ENTROPY_KEEP = torch.tensor([[0, 1, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.float64)  # top-20% of 3: 1
+# old-policy entropy: demo tokens 0.5, 2.0, 1.0; the continuation's 9.0s must never be selected
+ENTROPY = torch.tensor([[0.5, 2.0, 1.0, 9.0, 9.0], [9.0, 9.0, 9.0, 0.0, 0.0]], dtype=torch.float64)
 
 
-def run_preset_loss(name: str, adv_rows=(1.0, -2.0), loss_scale_factor=10):
+def preset_keep(name: str, step: int = 0):
+    """The keep-mask the trainer writes for preset ``name`` (its build_keep_mask, its seed), or None."""
+    pcfg = validate_verl_config(composed(name))
+    if not pcfg.entropy_clip.enable:
+        return None
+    seed = selection_seed(pcfg.seed, step)
+    return build_keep_mask(ENTROPY, PREFIX, pcfg.entropy_clip, None, seed=seed).to(torch.float64)
+
+
+def run_preset_loss(name: str, adv_rows=(1.0, -2.0), loss_scale_factor=10, prefix=None):
     """(loss, grad of log_prob, aggregation mask) of the objective preset ``name`` composes to."""
     cfg = composed(name)
     pcfg = validate_verl_config(cfg)
     lp = torch.full((2, 5), -1.0, dtype=torch.float64, requires_grad=True)
     adv = torch.tensor(adv_rows, dtype=torch.float64)[:, None].expand(2, 5)
-    keep = ENTROPY_KEEP if pcfg.entropy_clip.enable else None
+    keep = preset_keep(name)
+    prefix = PREFIX if prefix is None else prefix
     loss_mat, _ = prefix_rft_token_loss(
         lp,
         lp.detach(),
         adv,
         MASK,
-        PREFIX,
+        prefix,
         keep,
         is_mode=pcfg.loss.is_mode,
         luffy_gamma=pcfg.loss.luffy_gamma,
@@ -160,7 +190,7 @@ def run_preset_loss(name: str, adv_rows=(1.0, -2.0), loss_scale_factor=10):
         prefix_clip=pcfg.loss.resolved_prefix_clip(),
         prefix_tokens=pcfg.loss.prefix_tokens,
     )
-    agg = aggregation_mask(MASK, PREFIX, pcfg.loss.prefix_tokens)
+    agg = aggregation_mask(MASK, prefix, pcfg.loss.prefix_tokens)
     mode = cfg.actor_rollout_ref.actor.loss_agg_mode
     loss = aggregate_loss(loss_mat, agg, mode, loss_scale_factor=loss_scale_factor)
     loss.backward()
@@ -222,7 +252,7 @@ def test_rl_sft_loss_preset_tokens():
     """The demo row (row 0, all 5 tokens demo here) gets only the SFT term; row 1 is RL with the
     on-policy baseline; the demo's reward does not enter that baseline."""
     scores = torch.tensor([1.0, 0.0, 1.0])  # rows: demo (reward 1), two on-policy rollouts
-    adv = prefix_aware_advantage(scores, ["u", "u", "u"], torch.tensor([True, False, False]))
+    adv = on_policy_baseline_advantage(scores, ["u", "u", "u"], torch.tensor([True, False, False]))
     assert adv[1:].tolist() == pytest.approx([-0.5, 0.5])  # baseline 0.5 = mean of on-policy only
     cfg = validate_verl_config(composed("rl_sft_loss"))
     lp = torch.full((2, 5), -1.0, dtype=torch.float64, requires_grad=True)
@@ -249,3 +279,92 @@ def test_rl_sft_loss_preset_tokens():
     # demo tokens: d/dlp of -1.0 * lp / 20 (SFT only, whatever the demo's own advantage)
     assert lp.grad[0].tolist() == pytest.approx([-1 / 20] * 5)
     assert lp.grad[1].tolist() == pytest.approx([0.5 / 20] * 3 + [0.0, 0.0])  # -A = +0.5
+
+
+# ---------------------------------------------------------------- the remaining ablations, token level
+# Row 0: demo tokens t0..t2 (old entropy 0.5, 2.0, 1.0), generated t3, t4; row 1: on-policy, 3 tokens.
+# Advantages A = +1 (row 0) and -2 (row 1); Dr.GRPO denominator = 2 rows x loss_scale_factor 10 = 20.
+G_CONT0 = [-1 / 20, -1 / 20]  # generated tokens of row 0: -A / 20
+G_ROW1 = [2 / 20, 2 / 20, 2 / 20, 0.0, 0.0]
+
+
+def test_freeze_prefix_preset_tokens():
+    # demo tokens: gradient exactly 0 (even the one top-20% keeps), yet all 5 stay in the denominator
+    _, grad, agg = run_preset_loss("freeze_prefix")
+    assert grad[0, :3].tolist() == [0.0, 0.0, 0.0] and grad[0, 3:].tolist() == pytest.approx(G_CONT0)
+    assert grad[1].tolist() == pytest.approx(G_ROW1)
+    assert agg.tolist() == MASK.tolist()
+
+
+def test_static_sft_preset_replaces_the_demo_policy_gradient_by_0001_nll():
+    # every demo token (no entropy selection): d/dlp of 0.001 * (-lp) / 20, whatever the advantage sign
+    for adv_rows in ((1.0, -2.0), (-3.0, -2.0)):
+        _, grad, agg = run_preset_loss("static_sft", adv_rows=adv_rows)
+        assert grad[0, :3].tolist() == pytest.approx([-0.001 / 20] * 3)
+        assert grad[0, 3:].tolist() == pytest.approx([-adv_rows[0] / 20] * 2)
+        assert agg.tolist() == MASK.tolist()
+    assert preset_keep("static_sft") is None
+
+
+@pytest.mark.parametrize(
+    ("name", "kept"),
+    [
+        ("prefix_rft", [0, 1, 0]),  # ceil(0.2 * 3) = 1: the highest, 2.0
+        ("top50", [0, 1, 1]),  # ceil(1.5) = 2: 2.0 and 1.0
+        ("top80", [1, 1, 1]),  # ceil(2.4) = 3
+        ("bottom20", [1, 0, 0]),  # ceil(0.6) = 1: the lowest, 0.5
+    ],
+)
+def test_entropy_selection_presets_tokens(name, kept):
+    keep = preset_keep(name)
+    assert keep[0].tolist() == [*kept, 0, 0] and keep[1].tolist() == [0.0] * 5  # continuation never
+    _, grad, agg = run_preset_loss(name)
+    assert grad[0, :3].tolist() == pytest.approx([-k / 20 for k in kept])  # kept: -A/20, unkept: 0
+    assert grad[0, 3:].tolist() == pytest.approx(G_CONT0) and grad[1].tolist() == pytest.approx(G_ROW1)
+    assert agg.tolist() == MASK.tolist()  # unkept demo tokens stay in the denominator
+
+
+def test_random20_preset_keeps_as_many_as_top20_seeded_per_step():
+    chosen = set()
+    for step in range(12):
+        keep = preset_keep("random20", step)
+        assert int(keep.sum()) == int(preset_keep("prefix_rft").sum()) == 1
+        assert torch.equal(keep, preset_keep("random20", step))  # same step, same choice
+        assert keep[0, 3:].sum() == 0 and keep[1].sum() == 0
+        chosen.add(int(keep[0].argmax()))
+    assert len(chosen) > 1  # not a fixed token: a fresh draw each step
+    _, grad, _ = run_preset_loss("random20")
+    g = grad[0, :3]
+    assert sorted(g.tolist()) == pytest.approx([-1 / 20, 0.0, 0.0]) and grad[0, 3:].tolist() == pytest.approx(
+        G_CONT0
+    )
+
+
+def test_uniform_ratio_preset_has_no_decay_and_the_same_loss():
+    pcfg = validate_verl_config(composed("uniform_ratio"))
+    assert [ratio_bounds(s, pcfg.ratio) for s in (0, 250, 500, 900)] == [(0.05, 0.95)] * 4
+    paper = validate_verl_config(composed("prefix_rft"))
+    assert ratio_bounds(0, paper.ratio) == (0.95, 0.95) and ratio_bounds(500, paper.ratio) == (0.05, 0.95)
+    assert torch.equal(run_preset_loss("uniform_ratio")[1], run_preset_loss("prefix_rft")[1])
+
+
+def test_demos10_preset_keeps_a_seeded_tenth_of_the_rows_and_trains_the_rest_as_rl():
+    pcfg = validate_verl_config(composed("demos10"))
+    uids = [f"{i}:row" for i in range(20000)]
+    kept = [keeps_demo(u, seed=pcfg.seed, fraction=pcfg.demo_fraction) for u in uids]
+    assert 0.09 < sum(kept) / len(uids) < 0.11
+    assert kept == [keeps_demo(u, seed=pcfg.seed, fraction=0.1) for u in uids]  # the same rows every time
+    assert kept != [keeps_demo(u, seed=pcfg.seed + 1, fraction=0.1) for u in uids]
+    # a row without its demo is a plain RL group: no prefix token, every token -A/20, all in the denominator
+    _, grad, agg = run_preset_loss("demos10", prefix=torch.zeros(2, 5, dtype=torch.float64))
+    assert grad[0].tolist() == pytest.approx([-1 / 20] * 5) and grad[1].tolist() == pytest.approx(G_ROW1)
+    assert agg.tolist() == MASK.tolist()
+    # a row that keeps it is trained exactly as under the paper's preset
+    assert torch.equal(run_preset_loss("demos10")[1], run_preset_loss("prefix_rft")[1])
+
+
+def test_weak_demos_preset_reads_another_column_with_the_papers_loss():
+    assert validate_verl_config(composed("weak_demos", "prefix_rft.demo_key=small_model")).demo_key == (
+        "small_model"
+    )
+    assert torch.equal(run_preset_loss("weak_demos")[1], run_preset_loss("prefix_rft")[1])

@@ -90,7 +90,7 @@ def test_cli_overrides_apply():
     cfg = recipe_config(
         "prefix_rft.entropy_clip.top_ratio=0.5",
         "prefix_rft.ratio.schedule=linear",
-        "prefix_rft.advantage.mode=prefix_aware",
+        "prefix_rft.advantage.mode=on_policy_baseline",
         "actor_rollout_ref.actor.optim.lr=2e-6",
         "actor_rollout_ref.rollout.n=4",
         "prefix_rft.num_prefixed=2",
@@ -99,7 +99,7 @@ def test_cli_overrides_apply():
     assert (pcfg.entropy_clip.top_ratio, pcfg.ratio.schedule, pcfg.advantage.mode, pcfg.num_prefixed) == (
         0.5,
         "linear",
-        "prefix_aware",
+        "on_policy_baseline",
         2,
     )
     assert cfg.actor_rollout_ref.actor.optim.lr == 2e-6 and cfg.actor_rollout_ref.actor.rollout_n == 4
@@ -140,6 +140,7 @@ def test_megatron_and_sglang_compose():
         (
             [
                 "prefix_rft.entropy_clip.scope=micro_batch",
+                "prefix_rft.entropy_clip.source=current",
                 "actor_rollout_ref.actor.calculate_entropy=false",
                 "actor_rollout_ref.actor.entropy_coeff=0",
             ],

@@ -99,7 +99,7 @@ def padded(rows: list[dict], name: str) -> torch.Tensor:
 # ----------------------------------------------------------------------------- advantage
 
 
-@pytest.mark.parametrize("mode", ["group", "prefix_aware"])
+@pytest.mark.parametrize("mode", ["group", "on_policy_baseline"])
 def test_prefix_rft_estimator_through_verl(mode):
     """verl's compute path -> registered estimator: exact Dr.GRPO / prefix-aware values, no std division."""
     from verl.protocol import DataProto
@@ -132,11 +132,58 @@ def test_prefix_rft_estimator_through_verl(mode):
     torch.testing.assert_close(out.batch["returns"], out.batch["advantages"])
 
 
+def test_dr_grpo_prefix_estimator_through_verl():
+    """verl's compute path -> estimator with mode=dr_grpo_prefix: per-token values from prefix_len."""
+    from verl.protocol import DataProto
+    from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories
+
+    rows = make_rows()
+    scores = torch.tensor([r["rm_scores"].sum().item() for r in rows])
+    resp = padded(rows, "response_mask")
+    data = DataProto.from_dict(
+        tensors={"token_level_rewards": padded(rows, "rm_scores"), "response_mask": resp},
+        non_tensors={"uid": np.array([r["uid"] for r in rows], dtype=object)},
+    )
+    is_prefixed = torch.tensor([int(r["is_prefixed"]) for r in rows])
+    prefix_len = torch.tensor([int(r["prefix_len"]) for r in rows])
+    cfg = recipe_config("prefix_rft.advantage.mode=dr_grpo_prefix")
+    with prefix_rows(is_prefixed, AdvantageConfig(mode="dr_grpo_prefix"), prefix_len=prefix_len):
+        out = compute_advantage_for_multi_trajectories(
+            data,
+            batch_keys=[r["key"] for r in rows],
+            adv_estimator=cfg.algorithm.adv_estimator,
+            num_repeat=N,
+            norm_adv_by_std_in_grpo=True,
+            config=cfg.algorithm,
+        )
+    expected = torch.zeros_like(resp)
+    for i, r in enumerate(rows):
+        p = i // N
+        base = scores[p * N + 1 : (p + 1) * N].mean()  # session 0 is the prefixed one
+        expected[i] = scores[i] - base
+        if r["is_prefixed"]:
+            expected[i, int(r["prefix_len"]) :] = scores[i]  # continuation: the raw reward
+    assert is_prefixed.sum() > 0
+    torch.testing.assert_close(out.batch["advantages"], expected * resp)
+    with (
+        prefix_rows(is_prefixed, AdvantageConfig(mode="dr_grpo_prefix")),
+        pytest.raises(ValueError, match="prefix_len"),
+    ):
+        compute_prefix_rft_advantage_direct(rows)
+
+
+def compute_prefix_rft_advantage_direct(rows):
+    from prefix_rft.advantage import compute_prefix_rft_advantage
+
+    resp = padded(rows, "response_mask")
+    return compute_prefix_rft_advantage(resp, resp, index=np.array([r["uid"] for r in rows]))
+
+
 def test_prefix_aware_needs_the_trainer_context():
     from prefix_rft.advantage import compute_prefix_rft_advantage
 
     with (
-        prefix_rows(None, AdvantageConfig(mode="prefix_aware")),
+        prefix_rows(None, AdvantageConfig(mode="on_policy_baseline")),
         pytest.raises(ValueError, match="is_prefixed"),
     ):
         compute_prefix_rft_advantage(torch.ones(2, 3), torch.ones(2, 3), index=np.array(["a", "a"]))

@@ -2,9 +2,12 @@
 
 All ``n`` rollouts of a prompt (hybrid and on-policy) are scored by the same reward and share one
 baseline: the group mean. Dr.GRPO drops GRPO's division by the group std; ``norm_by_std=True`` gives
-plain GRPO. The prefix-aware variant measures every rollout against the mean of the group's on-policy
-rollouts only (a simplification of the authors' prefix-aware estimators, which re-baseline only the demo
-tokens; not the paper's default).
+plain GRPO. Two optional variants (not the paper's default):
+
+* :func:`on_policy_baseline_advantage` measures every token of every rollout against the mean of the
+  group's on-policy rollouts only;
+* :func:`dr_grpo_prefix_advantage` is the authors' ``dr_grpo_prefix`` estimator: demo tokens against the
+  on-policy mean, the hybrid rollout's own generated tokens with its raw reward.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ def group_advantage(
     return out
 
 
-def prefix_aware_advantage(
+def on_policy_baseline_advantage(
     scores: torch.Tensor,
     index: Sequence[Any],
     is_prefixed: torch.Tensor,
@@ -70,9 +73,10 @@ def prefix_aware_advantage(
 ) -> torch.Tensor:
     """Advantage against the mean of the group's on-policy rollouts only (an optional variant, not the paper's).
 
-    ``A_i = r_i - mean(r_j : j in group, j not prefixed)``. The hybrid rollouts are thus compared with
-    what the policy achieves on its own. A group without any on-policy rollout falls back to the whole
-    group's mean (there is nothing else to compare with). ``norm_by_std`` divides by the whole group's std.
+    ``A_i = r_i - mean(r_j : j in group, j not prefixed)``, one value per rollout, for every token of it
+    (demo and generated alike). The hybrid rollouts are thus compared with what the policy achieves on its
+    own. A group without any on-policy rollout falls back to the whole group's mean (there is nothing else to
+    compare with). ``norm_by_std`` divides by the whole group's std.
     """
     _check_scores(scores, index)
     if is_prefixed.shape != scores.shape:
@@ -85,4 +89,44 @@ def prefix_aware_advantage(
         on_policy = values[~prefixed[idx]]
         baseline = on_policy.mean() if on_policy.numel() > 0 else values.mean()
         out[idx] = _normalise(values - baseline, values, norm_by_std, eps)
+    return out
+
+
+def dr_grpo_prefix_advantage(
+    scores: torch.Tensor,
+    index: Sequence[Any],
+    is_prefixed: torch.Tensor,
+    prefix_len: torch.Tensor,
+    width: int,
+) -> torch.Tensor:
+    """The authors' ``dr_grpo_prefix`` estimator, per token (an optional variant, not the paper's default).
+
+    With ``m_g = mean(r_j : j in group g, j not prefixed)`` (Dr.GRPO: no std):
+
+    - on-policy rollout ``i``: every token gets ``r_i - m_g``;
+    - hybrid rollout ``i``, its first ``prefix_len_i`` (demo) tokens: ``r_i - m_g``, the demo judged
+      against what the policy achieves on its own;
+    - hybrid rollout ``i``, its generated continuation: ``r_i``, the raw reward. The authors' code scores
+      the continuation as a group of its own (it starts from a context no other rollout shares), and a
+      group of one rollout has its mean forced to 0 (verl's GRPO convention for singleton groups), so no
+      baseline is subtracted: with 0/1 rewards a correct continuation is pushed up by 1, a wrong one gets
+      no gradient.
+
+    A group without on-policy rollouts uses the whole group's mean as ``m_g`` (as
+    :func:`on_policy_baseline_advantage`). Returns ``[B, width]``; the caller multiplies by the response mask.
+    """
+    _check_scores(scores, index)
+    if is_prefixed.shape != scores.shape or prefix_len.shape != scores.shape:
+        raise ValueError(
+            f"is_prefixed {tuple(is_prefixed.shape)} and prefix_len {tuple(prefix_len.shape)} must both have "
+            f"the shape of scores {tuple(scores.shape)}"
+        )
+    prefixed = is_prefixed.bool()
+    demo_adv = on_policy_baseline_advantage(scores, index, is_prefixed)  # r_i - m_g
+    device = scores.device
+    demo_tokens = torch.arange(width, device=device)[None, :] < prefix_len.long().to(device)[:, None]
+    raw = scores.float()[:, None].expand(-1, width)
+    out = demo_adv.to(device)[:, None].expand(-1, width).clone()
+    continuation = prefixed.to(device)[:, None] & ~demo_tokens
+    out[continuation] = raw[continuation]
     return out

@@ -87,3 +87,16 @@ def choose_demo(num_demos: int, *, seed: int, uid: Any, step: int, sample_index:
         raise ValueError("choose_demo needs at least one demonstration")
     rng = np.random.default_rng(stable_seed("demo", seed, step, uid, sample_index))
     return int(rng.integers(num_demos))
+
+
+def keeps_demo(uid: Any, *, seed: int, fraction: float) -> bool:
+    """Whether row ``uid`` keeps its demonstrations when only a ``fraction`` of them is used.
+
+    The paper's data-efficiency ablation ("10% of the demos", sec. 4): each row independently keeps its
+    demos with probability ``fraction``, decided by a seeded hash of the row identity alone, so the same
+    rows keep them at every step, in every process and across resumes. Rows that lose them are trained as
+    plain RL on their prompts. ``fraction >= 1`` keeps every row.
+    """
+    if fraction >= 1.0:
+        return True
+    return stable_seed("demo_fraction", seed, uid) / 2.0**64 < fraction
