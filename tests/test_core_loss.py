@@ -129,6 +129,9 @@ def test_entropy_loss_mask():
     resp, prefix = _t([1, 1, 1, 0]), _t([1, 1, 0, 0])
     assert entropy_loss_mask(resp, prefix, True).tolist() == [[1, 1, 1, 0]]
     assert entropy_loss_mask(resp, prefix, False).tolist() == [[0, 0, 1, 0]]
+    # the actor loss passes bool masks: the result stays bool (no int64 copy of the batch)
+    out = entropy_loss_mask(resp.bool(), prefix.bool(), False)
+    assert out.dtype == torch.bool and out.tolist() == [[False, False, True, False]]
 
 
 def test_aggregate_hand_values():

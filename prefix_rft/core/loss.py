@@ -134,7 +134,7 @@ def entropy_loss_mask(
     the generated continuation when ``entropy_bonus_on_prefix`` is False."""
     if entropy_bonus_on_prefix:
         return response_mask
-    return response_mask * (1 - prefix_mask.to(response_mask.dtype))
+    return response_mask * ~prefix_mask.bool()  # response_mask's dtype; bool in, bool out (no int64 copies)
 
 
 def aggregate_loss(
