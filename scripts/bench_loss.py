@@ -17,7 +17,7 @@ Both use the recipe's loss settings plus the KL loss (every term on): token-mean
 dual clip c=3, entropy clipping top 20%.
 The last lines are machine-readable, one figure a line: ``RESULT <name>=<value>``.
 
-    python scripts/bench_loss.py                        # 8 x 4096 response tokens, CPU
+    python scripts/bench_loss.py --threads 1            # 8 x 4096 response tokens, CPU (make bench)
     python scripts/bench_loss.py --quick                # 8 x 256, a few repeats: seconds
     python scripts/bench_loss.py --batch 16 --response-len 8192 --device cuda
 """
@@ -163,10 +163,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument(
         "--quick", action="store_true", help="smoke size (8 x 256, 3 repeats): checks it runs, in seconds"
     )
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.response_len, args.prompt_len, args.repeats, args.warmup = 256, 32, 3, 1
 
@@ -188,7 +191,8 @@ def main(argv: list[str] | None = None) -> None:
     ]
     print(
         f"micro-batch {args.batch} x {args.response_len} response tokens (+{args.prompt_len} prompt), "
-        f"{NUM_PREFIXED} hybrid rollout in {ROLLOUT_N}, device={args.device}, median of {args.repeats}"
+        f"{NUM_PREFIXED} hybrid rollout in {ROLLOUT_N}, device={args.device}, threads={torch.get_num_threads()}, "
+        f"median of {args.repeats}"
     )
     print(f"  {'pair':8s} {'prefix_rft ms':>14s} {'verl ms':>9s} {'prefix_rft MiB':>15s} {'verl MiB':>9s}")
     results = {}
