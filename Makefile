@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 # Where pip finds the CPU build of torch 2.13 (empty: the configured indexes / local wheels).
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
+# `make bench QUICK=1` / `make bench-e2e QUICK=1`: every benchmark at its --quick (smoke) size, seconds
+# (the e2e one: 2 steps per run, ~2-3 min with Ray start-up). tests/test_benchmarks.py runs the same.
+BENCH_FLAGS := $(if $(QUICK),--quick)
 
 .PHONY: install test lint demo bench bench-e2e bench-learning clean
 
@@ -31,11 +34,11 @@ demo: install
 	$(PY) scripts/cpu_demo.py $(DEMO_ARGS)
 
 bench: install
-	$(PY) scripts/bench_core.py --threads 1
-	$(PY) scripts/bench_loss.py
+	$(PY) scripts/bench_core.py --threads 1 $(BENCH_FLAGS)
+	$(PY) scripts/bench_loss.py --threads 1 $(BENCH_FLAGS)
 
 bench-e2e: install
-	PY=$(PY) bash scripts/bench_e2e_cpu.sh
+	PY=$(PY) bash scripts/bench_e2e_cpu.sh $(BENCH_FLAGS)
 
 # the paper's comparison at CPU scale: every arm x 3 seeds through verl's real trainers (~1 h on 2 cores);
 # resumable; writes docs/results/cpu_learning.{json,md,*.png}. ARGS=--quick for a smoke size.

@@ -155,6 +155,13 @@ def _clip_params(config: Any) -> tuple[float, float, float]:
     return low, high, clip_ratio_c
 
 
+def _padded_bool(x: torch.Tensor) -> torch.Tensor:
+    """A 0/1 per-token field as a padded ``[B, T]`` bool tensor (padding False), without an int64 copy."""
+    if x.is_nested:
+        return torch.nested.to_padded_tensor(x.bool(), padding=0)
+    return x.to(torch.bool, copy=True)  # a copy: the caller's mask is never modified in place
+
+
 def prefix_rft_ppo_loss(
     config: Any,
     model_output: dict[str, torch.Tensor],
@@ -230,14 +237,17 @@ def prefix_rft_ppo_loss(
     rank_old_entropy = eclip.enable and eclip.scope == "micro_batch" and eclip.source == "old"
     if rank_old_entropy and "entropy" in data.keys():
         fields.append("entropy")  # verl's old-policy entropy (TransferQueue field `entropy`)
-    data = data.select(*fields).to_padded_tensor()
+    # The two 0/1 prefix fields are padded as bool, not int64: 8x less memory, live for the whole call.
+    masks = {f: _padded_bool(data[f]) for f in ("prefix_mask", "prefix_keep_mask") if f in fields}
+    data = data.select(*(f for f in fields if f not in masks)).to_padded_tensor()
     old_entropy = data["entropy"].float() if rank_old_entropy and "entropy" in data.keys() else None
 
     response_mask = data["response_mask"].to(bool)
-    prefix_mask = data["prefix_mask"].to(bool) & response_mask
+    prefix_mask = masks["prefix_mask"]
+    prefix_mask &= response_mask  # in place: no third [B, T] mask
     keep_mask = None
     if keep_enabled:
-        if "prefix_keep_mask" not in data.keys():
+        if "prefix_keep_mask" not in masks:
             if prefix_mask.any():
                 raise ValueError(
                     "prefix_rft.entropy_clip.enable=true but the batch has no prefix_keep_mask: the "
@@ -245,7 +255,7 @@ def prefix_rft_ppo_loss(
                     "prefix_rft.entropy_clip.enable=false to train on every demo token)"
                 )
         else:
-            keep_mask = data["prefix_keep_mask"].to(bool)
+            keep_mask = masks["prefix_keep_mask"]
     elif eclip.enable:
         # scope=micro_batch: rank this micro-batch's demo tokens here, by the entropy_clip.source entropy
         # (current: the authors' code; old: verl's pre-update entropy, written to TransferQueue as `entropy`).
@@ -291,6 +301,7 @@ def prefix_rft_ppo_loss(
     pg_loss = agg_loss(
         loss_mat=loss_mat, loss_mask=agg_mask, loss_agg_mode=loss_agg_mode, **config.global_batch_info
     )
+    del loss_mat  # not needed by backward: free it before the entropy and KL terms (peak memory)
 
     prefix_frac = core_metrics["prefix_token_frac"]
     clipfrac_all = (
@@ -320,13 +331,11 @@ def prefix_rft_ppo_loss(
     policy_loss = pg_loss
 
     if entropy is not None:
-        entropy_mask = (
-            entropy_loss_mask(response_mask.long(), prefix_mask.long(), lcfg.entropy_bonus_on_prefix).bool()
-            & agg_mask
-        )
+        entropy_mask = entropy_loss_mask(response_mask, prefix_mask, lcfg.entropy_bonus_on_prefix) & agg_mask
         entropy_loss = agg_loss(
             loss_mat=entropy, loss_mask=entropy_mask, loss_agg_mode=loss_agg_mode, **config.global_batch_info
         )
+        del entropy_mask
         policy_loss = policy_loss - config.entropy_coeff * entropy_loss
         metrics["actor/entropy_loss"] = Metric(value=entropy_loss, aggregation=metric_aggregation)
 

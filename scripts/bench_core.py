@@ -4,7 +4,12 @@
 2. The per-token Prefix-RFT loss with every option on vs verl's ``compute_policy_loss_vanilla`` on the
    same 16 x 8192 inputs (forward + backward), both aggregated with token-mean.
 
-Usage: python scripts/bench_core.py [--device cpu|cuda] [--repeats N] [--threads N]
+Usage: python scripts/bench_core.py [--device cpu|cuda] [--repeats N] [--threads N] [--quick]
+
+``--quick`` (64K / 256K tokens, 4 x 1024 loss inputs, 3 repeats) only checks that it runs, in seconds.
+The last lines are machine-readable, one figure a line: ``RESULT <name>=<value>`` with names
+``selection_small_*`` / ``selection_large_*`` (1M / 8M tokens) and ``loss_*``, each ``_ours_ms``,
+``_baseline_ms`` and ``_ratio`` (ours / baseline), plus ``selection_*_tokens``.
 """
 
 from __future__ import annotations
@@ -50,9 +55,11 @@ def sort_based_selection(entropy: torch.Tensor, prefix_mask: torch.Tensor, top_r
     return keep
 
 
-def bench_selection(device: str, repeats: int) -> list[tuple[str, float, float]]:
+def bench_selection(
+    device: str, repeats: int, sizes: tuple[int, int] = (1 << 20, 8 << 20)
+) -> list[tuple[str, float, float]]:
     rows = []
-    for tokens in (1 << 20, 8 << 20):
+    for tokens in sizes:
         g = torch.Generator(device="cpu").manual_seed(0)
         entropy = torch.rand(tokens // 8192, 8192, generator=g).to(device)
         prefix = (torch.rand(tokens // 8192, 8192, generator=g) < 0.5).to(device)
@@ -65,7 +72,7 @@ def bench_selection(device: str, repeats: int) -> list[tuple[str, float, float]]
         assert int(select_top_entropy(entropy, prefix, 0.2).sum()) == int(
             sort_based_selection(entropy, prefix, 0.2).sum()
         )
-        rows.append((f"entropy top-20% on {tokens / 2**20:.0f}M tokens", ours, ref))
+        rows.append((f"entropy top-20% on {tokens / 2**20:g}M tokens", ours, ref))
     return rows
 
 
@@ -111,7 +118,7 @@ def bench_loss(device: str, repeats: int, batch: int, seq: int) -> tuple[str, fl
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -120,10 +127,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=8192)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="smoke size: checks it runs, in seconds")
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = bench_selection(args.device, args.repeats) + [
+    sizes = (1 << 20, 8 << 20)
+    if args.quick:
+        sizes, args.repeats, args.batch, args.seq = (1 << 16, 1 << 18), 3, 4, 1024
+    rows = bench_selection(args.device, args.repeats, sizes) + [
         bench_loss(args.device, args.repeats, args.batch, args.seq)
     ]
     print(
@@ -133,6 +144,12 @@ def main() -> None:
     for name, ours, ref in rows:
         print(f"{name:<48} {ours * 1e3:>10.2f} {ref * 1e3:>14.2f} {ours / ref:>7.2f}")
     print("baselines: sort-based selection; verl compute_policy_loss_vanilla (+ backward)")
+    for key, (_, ours, ref) in zip(("selection_small", "selection_large", "loss"), rows, strict=True):
+        print(f"RESULT {key}_ours_ms={ours * 1e3:.4f}")
+        print(f"RESULT {key}_baseline_ms={ref * 1e3:.4f}")
+        print(f"RESULT {key}_ratio={ours / ref:.4f}")
+    for key, tokens in zip(("selection_small", "selection_large"), sizes, strict=True):
+        print(f"RESULT {key}_tokens={tokens}")
 
 
 if __name__ == "__main__":

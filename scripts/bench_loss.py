@@ -1,11 +1,24 @@
-"""Benchmark the Prefix-RFT actor loss against verl's ``ppo_loss`` on one micro-batch.
+"""Benchmark the Prefix-RFT actor loss against verl's ``ppo_loss`` on the same micro-batch.
 
 Times forward + backward of the loss function alone (the model is not run: ``model_output`` holds
 leaf log-probs/entropy in verl's nested layout) and reports the peak memory the call allocates:
 ``torch.cuda.max_memory_allocated`` on CUDA, the running sum of the torch profiler's CPU
-allocation/free events on CPU.
+allocation/free events on CPU. Two pairs, each timed alternately in the same run:
 
-    python scripts/bench_loss.py                        # 8 x 4096 response tokens, CPU
+- hybrid: a micro-batch as the Prefix-RFT trainer hands it to the actor (``num_prefixed`` of every
+  ``rollout_n`` rows start from a demo prefix; ``prefix_mask`` and the entropy ``prefix_keep_mask``
+  written by :func:`prefix_rft.trainer.build_keep_mask`, int64 jagged like every TransferQueue field):
+  ``prefix_rft_ppo_loss`` (``num_prefixed=1``) vs verl's ``ppo_loss`` on that same micro-batch
+  (``ppo_loss`` ignores the two prefix fields);
+- plain: the same micro-batch without prefix fields: ``prefix_rft_ppo_loss`` with ``num_prefixed=0``
+  (it hands the batch to ``ppo_loss``) vs ``ppo_loss``.
+
+Both use the recipe's loss settings plus the KL loss (every term on): token-mean, entropy bonus 0.001,
+dual clip c=3, entropy clipping top 20%.
+The last lines are machine-readable, one figure a line: ``RESULT <name>=<value>``.
+
+    python scripts/bench_loss.py --threads 1            # 8 x 4096 response tokens, CPU (make bench)
+    python scripts/bench_loss.py --quick                # 8 x 256, a few repeats: seconds
     python scripts/bench_loss.py --batch 16 --response-len 8192 --device cuda
 """
 
@@ -16,19 +29,26 @@ import statistics
 import time
 
 import torch
-from tqdm import tqdm
 from verl.utils import tensordict_utils as tu
 from verl.workers.config import FSDPActorConfig
 from verl.workers.utils.losses import ppo_loss
 
 from prefix_rft.actor_loss import make_prefix_rft_loss_fn
 from prefix_rft.config import from_dict
+from prefix_rft.trainer import build_keep_mask
+
+ROLLOUT_N = 8
+NUM_PREFIXED = 1
 
 
 def make_inputs(
-    batch: int, prompt_len: int, response_len: int, device: str, with_prefix: bool, seed: int = 0
+    batch: int, prompt_len: int, response_len: int, device: str, with_prefix: bool, prefix_cfg, seed: int = 0
 ):
-    """(model_output, data) of one micro-batch, as verl's engine hands them to the loss function."""
+    """(model_output, data, leaves) of one micro-batch, as verl's engine hands them to the loss function.
+
+    Row ``i`` belongs to rollout group ``i // ROLLOUT_N`` and is a hybrid rollout when
+    ``i % ROLLOUT_N < NUM_PREFIXED`` (the agent loop's layout), with a demo prefix of half its response.
+    """
     g = torch.Generator().manual_seed(seed)
     lens = [response_len - int(torch.randint(0, response_len // 4, (1,), generator=g)) for _ in range(batch)]
     seq_total = sum(prompt_len + n for n in lens)
@@ -44,24 +64,31 @@ def make_inputs(
         return torch.nested.as_nested_tensor([r.to(dtype) for r in rows], layout=torch.jagged).to(device)
 
     old = [-torch.rand(n, generator=g) for n in lens]
+    group_adv = torch.randn(batch, generator=g)
     tensors = {
         "prompts": jag([torch.ones(prompt_len) for _ in lens], torch.int64),
         "responses": jag([torch.ones(n) for n in lens], torch.int64),
         "response_mask": jag([torch.ones(n) for n in lens], torch.int64),
         "old_log_probs": jag(old, torch.float32),
-        "advantages": jag(
-            [torch.full((n,), float(torch.randn(1, generator=g))) for n in lens], torch.float32
-        ),
+        "advantages": jag([torch.full((n,), float(group_adv[i])) for i, n in enumerate(lens)], torch.float32),
         "ref_log_prob": jag(
             [o + 0.1 * torch.randn(n, generator=g) for o, n in zip(old, lens, strict=True)], torch.float32
         ),
     }
-    if with_prefix:  # every other sample is a hybrid rollout with a ~half-length demo prefix, top-20% kept
-        prefix = [torch.arange(n) < (n // 2 if i % 2 == 0 else 0) for i, n in enumerate(lens)]
-        tensors["prefix_mask"] = jag(prefix, torch.int64)
-        tensors["prefix_keep_mask"] = jag(
-            [p & (torch.rand(len(p), generator=g) < 0.2) for p in prefix], torch.int64
+    if with_prefix:
+        width = max(lens)
+        resp = torch.zeros(batch, width, dtype=torch.long)
+        prefix = torch.zeros(batch, width, dtype=torch.long)
+        for i, n in enumerate(lens):
+            resp[i, :n] = 1
+            if i % ROLLOUT_N < NUM_PREFIXED:
+                prefix[i, : n // 2] = 1
+        old_entropy = torch.rand(batch, width, generator=g) * 2  # what old_log_prob wrote to TransferQueue
+        keep = build_keep_mask(
+            old_entropy, prefix, prefix_cfg.entropy_clip, torch.zeros(batch, dtype=torch.long)
         )
+        tensors["prefix_mask"] = jag([prefix[i, :n] for i, n in enumerate(lens)], torch.int64)
+        tensors["prefix_keep_mask"] = jag([keep[i, :n] for i, n in enumerate(lens)], torch.int64)
     info = dict(dp_size=1, batch_num_tokens=sum(lens), global_batch_size=batch)
     return model_output, tu.get_tensordict(tensors, non_tensor_dict=info), (lp, ent)
 
@@ -80,43 +107,53 @@ def cpu_peak_bytes(fn) -> int:
     return peak
 
 
-def bench(name, loss_fn, args, with_prefix, device):
-    def step():
-        model_output, data, leaves = make_inputs(
-            args.batch, args.prompt_len, args.response_len, device, with_prefix
-        )
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        loss, _ = loss_fn(model_output=model_output, data=data)
-        loss.backward()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
+def _call(loss_fn, inputs):
+    model_output, data, _ = inputs
+    loss, _ = loss_fn(model_output=model_output, data=data)
+    loss.backward()
 
-    for _ in range(args.warmup):
-        step()
-    times = [step() for _ in tqdm(range(args.repeats), desc=name, leave=False)]
 
-    model_output, data, _ = make_inputs(args.batch, args.prompt_len, args.response_len, device, with_prefix)
+def _time(loss_fn, inputs, device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    _call(loss_fn, inputs)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
 
-    def once():
-        loss, _ = loss_fn(model_output=model_output, data=data)
-        loss.backward()
 
+def _peak_mib(loss_fn, inputs, device: str) -> float:
     if device == "cuda":
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        once()
+        _call(loss_fn, inputs)
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        peak = cpu_peak_bytes(once)
-    return statistics.median(times) * 1e3, peak / 2**20
+        peak = cpu_peak_bytes(lambda: _call(loss_fn, inputs))
+    return peak / 2**20
 
 
-def main() -> None:
+def compare(ours, baseline, make, args) -> tuple[float, float, float, float]:
+    """(ours ms, baseline ms, ours peak MiB, baseline peak MiB); timed alternately on fresh inputs."""
+    a, b = [], []
+    for i in range(args.warmup + args.repeats):
+        ta = _time(ours, make(), args.device)
+        tb = _time(baseline, make(), args.device)
+        if i >= args.warmup:
+            a.append(ta)
+            b.append(tb)
+    return (
+        statistics.median(a) * 1e3,
+        statistics.median(b) * 1e3,
+        _peak_mib(ours, make(), args.device),
+        _peak_mib(baseline, make(), args.device),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -126,37 +163,61 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke size (8 x 256, 3 repeats): checks it runs, in seconds"
+    )
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.response_len, args.prompt_len, args.repeats, args.warmup = 256, 32, 3, 1
 
     actor = dict(
         strategy="fsdp",
-        rollout_n=8,
+        rollout_n=ROLLOUT_N,
         ppo_micro_batch_size_per_gpu=1,
         entropy_coeff=0.001,
         use_kl_loss=True,
         kl_loss_coef=0.001,
+        clip_ratio_c=3.0,
     )
-    prefix_cfg = from_dict({"num_prefixed": 1}, rollout_n=8)
+    hybrid_cfg = from_dict({"num_prefixed": NUM_PREFIXED}, rollout_n=ROLLOUT_N)
+    plain_cfg = from_dict({"num_prefixed": 0}, rollout_n=ROLLOUT_N)
     verl_fn = lambda **kw: ppo_loss(FSDPActorConfig(**actor), **kw)  # noqa: E731
-    ours_fn = make_prefix_rft_loss_fn(FSDPActorConfig(**actor), prefix_cfg)
-
-    rows = [
-        ("verl ppo_loss (plain batch)", verl_fn, False),
-        ("prefix_rft loss (plain batch)", ours_fn, False),
-        ("prefix_rft loss (hybrid batch)", ours_fn, True),
+    pairs = [
+        ("hybrid", make_prefix_rft_loss_fn(FSDPActorConfig(**actor), hybrid_cfg), True),
+        ("plain", make_prefix_rft_loss_fn(FSDPActorConfig(**actor), plain_cfg), False),
     ]
     print(
         f"micro-batch {args.batch} x {args.response_len} response tokens (+{args.prompt_len} prompt), "
-        f"device={args.device}, median of {args.repeats}"
+        f"{NUM_PREFIXED} hybrid rollout in {ROLLOUT_N}, device={args.device}, threads={torch.get_num_threads()}, "
+        f"median of {args.repeats}"
     )
+    print(f"  {'pair':8s} {'prefix_rft ms':>14s} {'verl ms':>9s} {'prefix_rft MiB':>15s} {'verl MiB':>9s}")
     results = {}
-    for name, fn, with_prefix in rows:
-        results[name] = bench(name, fn, args, with_prefix, args.device)
-        ms, mib = results[name]
-        print(f"  {name:34s} {ms:9.2f} ms   peak {mib:9.1f} MiB")
-    base_ms, base_mib = results[rows[0][0]]
-    ms, mib = results[rows[2][0]]
-    print(f"ratio hybrid prefix_rft / verl: time x{ms / base_ms:.2f}, peak memory x{mib / base_mib:.2f}")
+    for name, ours_fn, with_prefix in pairs:
+
+        def make(with_prefix=with_prefix):
+            return make_inputs(
+                args.batch, args.prompt_len, args.response_len, args.device, with_prefix, hybrid_cfg
+            )
+
+        ours_ms, base_ms, ours_mib, base_mib = compare(ours_fn, verl_fn, make, args)
+        print(f"  {name:8s} {ours_ms:14.2f} {base_ms:9.2f} {ours_mib:15.2f} {base_mib:9.2f}")
+        results.update(
+            {
+                f"{name}_prefix_rft_ms": ours_ms,
+                f"{name}_verl_ms": base_ms,
+                f"{name}_prefix_rft_peak_mib": ours_mib,
+                f"{name}_verl_peak_mib": base_mib,
+                f"{name}_time_ratio": ours_ms / base_ms,
+                f"{name}_peak_ratio": ours_mib / base_mib,
+            }
+        )
+    print("ratios are prefix_rft / verl ppo_loss on the same micro-batch")
+    for key, value in results.items():
+        print(f"RESULT {key}={value:.4f}")
 
 
 if __name__ == "__main__":

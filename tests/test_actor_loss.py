@@ -571,3 +571,21 @@ def test_micro_batch_scope_with_old_entropy_and_bottom_selection():
         prefix_rft_ppo_loss(
             cfg, mo, data, prefix_config=from_dict({"entropy_clip": {"scope": "micro_batch"}}, rollout_n=8)
         )
+
+
+def test_exclude_prefix_through_the_actor_loss_gives_demo_tokens_no_gradient():
+    """prefix_tokens=exclude on the actor path (boolean masks, verl's layout): demo tokens get exactly zero
+    gradient and the loss equals freeze's (under Dr.GRPO's constant normaliser the denominator is the same)."""
+    samples = random_samples(3, seed=11)
+    cfg = actor_config(entropy_coeff=0.0, loss_agg_mode="seq-mean-token-sum-norm", loss_scale_factor=16)
+    out = {}
+    for mode in ("exclude", "freeze"):
+        mo, data, lp, _ = build_batch(samples)
+        loss, _ = prefix_rft_ppo_loss(cfg, mo, data, prefix_config=prefix_config(prefix_tokens=mode))
+        loss.backward()
+        grad = lp.grad
+        for i, s in enumerate(samples):
+            demo = [j for j, p in enumerate(s["prefix"]) if p]
+            assert all(grad[i, j].item() == 0.0 for j in demo), (mode, i)
+        out[mode] = loss.item()
+    assert out["exclude"] == pytest.approx(out["freeze"], abs=1e-12)

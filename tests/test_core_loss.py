@@ -129,6 +129,9 @@ def test_entropy_loss_mask():
     resp, prefix = _t([1, 1, 1, 0]), _t([1, 1, 0, 0])
     assert entropy_loss_mask(resp, prefix, True).tolist() == [[1, 1, 1, 0]]
     assert entropy_loss_mask(resp, prefix, False).tolist() == [[0, 0, 1, 0]]
+    # the actor loss passes bool masks: the result stays bool (no int64 copy of the batch)
+    out = entropy_loss_mask(resp.bool(), prefix.bool(), False)
+    assert out.dtype == torch.bool and out.tolist() == [[False, False, True, False]]
 
 
 def test_aggregate_hand_values():
@@ -170,3 +173,17 @@ def test_micro_batches_sum_to_the_whole_batch(seed, mode, split):
         for k, i in enumerate(range(0, B, split))
     )
     assert parts.item() == pytest.approx(whole.item(), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.int64, torch.float32])
+def test_aggregation_mask_excludes_demo_tokens_for_every_mask_dtype(dtype):
+    """The actor hands boolean masks (``1 - bool`` is a torch error); tests and verl callers may hand 0/1
+    ints or floats: every dtype keeps exactly the generated response tokens."""
+    from prefix_rft.core.loss import aggregation_mask
+
+    response = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]]).to(dtype)
+    prefix = torch.tensor([[1, 0, 0, 0], [0, 0, 0, 0]]).to(dtype)
+    out = aggregation_mask(response, prefix, "exclude")
+    assert out.dtype == dtype
+    assert out.to(torch.int64).tolist() == [[0, 1, 1, 0], [1, 1, 0, 0]]
+    assert aggregation_mask(response, prefix, "train") is response

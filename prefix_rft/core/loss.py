@@ -175,7 +175,10 @@ def aggregation_mask(
     """Tokens that count in the loss aggregation: every response token, or, with ``prefix_tokens="exclude"``
     (the paper's "exclude the prefix from the loss" ablation), only the generated continuation."""
     if prefix_tokens == "exclude":
-        return response_mask * (1 - prefix_mask.to(response_mask.dtype))
+        generated = ~prefix_mask.bool()
+        if response_mask.dtype == torch.bool:  # the actor passes boolean masks (verl's ppo_loss does too)
+            return response_mask & generated
+        return response_mask * generated.to(response_mask.dtype)
     return response_mask
 
 
@@ -186,7 +189,7 @@ def entropy_loss_mask(
     the generated continuation when ``entropy_bonus_on_prefix`` is False."""
     if entropy_bonus_on_prefix:
         return response_mask
-    return response_mask * (1 - prefix_mask.to(response_mask.dtype))
+    return response_mask * ~prefix_mask.bool()  # response_mask's dtype; bool in, bool out (no int64 copies)
 
 
 def aggregate_loss(

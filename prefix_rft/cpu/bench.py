@@ -8,7 +8,9 @@ warm-up):
 - tokens decoded per step (response tokens minus demo-prefix tokens: a prefix is prefilled, not decoded);
 - tokens decoded per prefixed rollout (its continuation) and per on-policy rollout.
 
-All numbers come from the trainer's own metrics (``response_length/mean``, ``prefix_rft/*``).
+All numbers come from the trainer's own metrics (``response_length/mean``, ``prefix_rft/*``). The last
+lines are machine-readable, one figure a line: ``RESULT <name>=<value>`` (:data:`RESULT_KEYS`).
+``--quick`` (2 steps, 32-token responses) only checks that the benchmark runs: one timed step.
 """
 
 from __future__ import annotations
@@ -19,6 +21,28 @@ import tempfile
 from pathlib import Path
 
 from prefix_rft.cpu.launch import build_demo_assets, demo_overrides, format_table, run_recipe
+
+#: The figures printed as ``RESULT`` lines: per run (``rft_`` / ``prefix_rft_`` + key) ...
+RUN_KEYS = ("step_s", "gen_s", "decoded_per_step", "score")
+#: ... and across runs / within the Prefix-RFT run (each finite when both runs finished).
+RATIO_KEYS = (
+    "step_time_ratio",  # Prefix-RFT / RFT mean step time
+    "prefix_rft_decoded_per_prefixed",
+    "prefix_rft_decoded_per_on_policy",
+    "decoded_prefixed_over_on_policy",  # hybrids decode only their continuation: < 1
+)
+RESULT_KEYS = tuple(f"{run}_{k}" for run in ("rft", "prefix_rft") for k in RUN_KEYS) + RATIO_KEYS
+
+
+def result_lines(results: dict[str, dict[str, float]]) -> list[str]:
+    """``RESULT name=value`` lines of :data:`RESULT_KEYS` from the two runs' :func:`summarize` output."""
+    pre = results["prefix_rft"]
+    values = {f"{run}_{k}": results[run][k] for run in ("rft", "prefix_rft") for k in RUN_KEYS}
+    values["step_time_ratio"] = pre["step_s"] / results["rft"]["step_s"]
+    values["prefix_rft_decoded_per_prefixed"] = pre["decoded_per_prefixed"]
+    values["prefix_rft_decoded_per_on_policy"] = pre["decoded_per_on_policy"]
+    values["decoded_prefixed_over_on_policy"] = pre["decoded_per_prefixed"] / pre["decoded_per_on_policy"]
+    return [f"RESULT {k}={values[k]:.4f}" for k in RESULT_KEYS]
 
 
 def decode_stats(m: dict, rows: int) -> dict[str, float]:
@@ -68,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rollout-n", type=int, default=4)
     p.add_argument("--max-response-length", type=int, default=64)
     p.add_argument("--out", default=None, help="work dir (default: a temp dir)")
+    p.add_argument("--quick", action="store_true", help="smoke size: 2 steps (1 timed), 32-token responses")
     args = p.parse_args(argv)
+    if args.quick:
+        args.steps, args.max_response_length = 2, 32
 
     out = Path(args.out or tempfile.mkdtemp(prefix="bench_e2e_cpu_")).resolve()
     assets = build_demo_assets(out / "assets", seed=args.seed)
@@ -104,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\nstep time ratio Prefix-RFT / RFT: {ratio:.3f}  "
         f"({rows} rollouts/step, max_response_length {args.max_response_length}, seed {args.seed})"
     )
+    print("\n".join(result_lines(results)))
     return 0
 
 
