@@ -41,9 +41,9 @@ bench-e2e: install
 	PY=$(PY) bash scripts/bench_e2e_cpu.sh $(BENCH_FLAGS)
 
 # the paper's comparison at CPU scale: every arm x 3 seeds through verl's real trainers (~1 h on 2 cores);
-# resumable; writes docs/results/cpu_learning.{json,md,*.png}. ARGS=--quick for a smoke size.
+# resumable; writes docs/results/cpu_learning.{json,md,*.png}. QUICK=1 for the smoke size (report under outputs/).
 bench-learning: install
-	$(PY) scripts/bench_learning.py $(ARGS)
+	$(PY) scripts/bench_learning.py $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(VENV)

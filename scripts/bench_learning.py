@@ -6,7 +6,9 @@ cached task-pretrained base model; finished runs are skipped, so an interrupted 
 
     python scripts/bench_learning.py                       # the whole matrix (about an hour on 2 cores)
     python scripts/bench_learning.py --arms rft prefix_rft --seeds 0
-    python scripts/bench_learning.py --quick               # 1 seed, rft + prefix_rft, 4 steps: a smoke test
+    python scripts/bench_learning.py --quick               # 1 seed, rft + prefix_rft, 2 steps: a smoke test
+
+It ends with one ``RESULT <arm>_avg=<mean accuracy over levels>`` line per arm.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         print(f"[bench-learning] wrote {path}")
     for arm, a in report["arms"].items():
-        print(f"RESULT {arm}.avg={a['mean']['avg']:.4f}")
+        print(f"RESULT {arm}_avg={a['mean']['avg']:.4f}")
     return 0
 
 

@@ -72,6 +72,14 @@ BENCHES = {
         bounds={"rft_score": (0.0, 1.0), "prefix_rft_score": (0.0, 1.0)},
         timeout_s=1200,  # ~2.5 min on an idle 2-core machine; 7-10 min when it is shared and loaded
     ),
+    # `make bench-learning ARGS=--quick`: RFT and Prefix-RFT, 1 seed, 2 steps, 2 runs at a time (the e2e in
+    # its id keeps it out of the fast unit pass); builds the cached base model when missing
+    "bench_learning_e2e": Bench(
+        cmd=[sys.executable, "scripts/bench_learning.py", "--quick"],
+        figures=("base_avg", "rft_avg", "prefix_rft_avg"),
+        bounds={"base_avg": (0.0, 1.0), "rft_avg": (0.0, 1.0), "prefix_rft_avg": (0.0, 1.0)},
+        timeout_s=1200,
+    ),
 }
 
 
