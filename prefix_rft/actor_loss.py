@@ -114,7 +114,9 @@ def check_minibatch_replay(data: TensorDict) -> int:
     must hold one id, and on a worker the ids of a step must run ``0, 0, .., 1, .., M-1`` (then ``0`` again
     for the next PPO epoch). Returns ``M`` (1 when the batch has no replay fields, e.g. forward-only).
     """
-    if REPLAY_FIELDS[0] not in data.keys():
+    if REPLAY_FIELDS[0] not in data.keys():  # not ranked per mini-batch: nothing to check, only the count
+        if REPLAY_FIELDS[1] in data.keys():
+            return max(int(torch.as_tensor(data[REPLAY_FIELDS[1]]).reshape(-1)[0]), 1)
         return 1
     ids = torch.as_tensor(data[REPLAY_FIELDS[0]]).reshape(-1)
     count = int(torch.as_tensor(data[REPLAY_FIELDS[1]]).reshape(-1)[0])

@@ -45,6 +45,7 @@ from verl.utils import tensordict_utils as tu
 from verl.utils.debug.metrics import calculate_debug_metrics
 from verl.workers.utils.padding import response_to_nested
 
+from prefix_rft.actor_loss import REPLAY_FIELDS
 from prefix_rft.advantage import ESTIMATOR_NAME, prefix_rows
 from prefix_rft.config import EntropyClipConfig, PrefixRFTConfig
 from prefix_rft.core.entropy import select_demo_tokens
@@ -56,7 +57,7 @@ logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
 
 TOKEN_FIELD = "prefix_mask"
 KEEP_FIELD = "prefix_keep_mask"
-MINIBATCH_FIELDS = ("prefix_rft_minibatch", "prefix_rft_num_minibatches", "prefix_rft_step")
+MINIBATCH_FIELDS = REPLAY_FIELDS
 """Per-row replay record written with the keep-mask: predicted mini-batch id, mini-batches per epoch, step.
 
 The actor loss checks every micro-batch against it (:func:`prefix_rft.actor_loss.check_minibatch_replay`)."""
@@ -381,11 +382,17 @@ class PrefixRFTTrainer(PPOTrainerSync):
             ranked_by,
             seed=selection_seed(self.prefix_cfg.seed, self.global_steps),
         )
+        replay = minibatch_replay_fields(group_ids, self.global_steps)
+        if ranked_by is None or not self.prefix_cfg.entropy_clip.enable:
+            # nothing was ranked per mini-batch: no id for the actor to check (verl reshuffles every PPO epoch
+            # with actor.shuffle=true, which only the mini_batch ranking has to forbid); the count stays, for
+            # the step totals of the actor's token counts
+            del replay[MINIBATCH_FIELDS[0]]
         put = TensorDict(
             {
                 TOKEN_FIELD: response_to_nested(prefix, response_mask),
                 KEEP_FIELD: response_to_nested(keep, response_mask),
-                **minibatch_replay_fields(group_ids, self.global_steps),
+                **replay,
             },
             batch_size=len(batch),
         )

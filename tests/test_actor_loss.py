@@ -589,3 +589,27 @@ def test_exclude_prefix_through_the_actor_loss_gives_demo_tokens_no_gradient():
             assert all(grad[i, j].item() == 0.0 for j in demo), (mode, i)
         out[mode] = loss.item()
     assert out["exclude"] == pytest.approx(out["freeze"], abs=1e-12)
+
+
+def test_replay_guard_is_off_without_per_mini_batch_ranking_but_the_count_stays():
+    """scope=batch / no entropy clipping: the trainer writes only the mini-batch count and step (no ids), so
+    verl's per-epoch reshuffle (actor.shuffle=true, ppo_epochs > 1) cannot trip the guard, while the count
+    still turns the actor's demo-token counts into step totals."""
+    import prefix_rft.actor_loss as al
+    from tensordict import TensorDict
+
+    al._REPLAY_STATE.update(step=None, last=None)
+    shuffled_epoch_two = TensorDict(
+        {
+            "prefix_rft_num_minibatches": torch.full((4,), 3, dtype=torch.int64),
+            "prefix_rft_step": torch.full((4,), 1, dtype=torch.int64),
+        },
+        batch_size=4,
+    )
+    assert al.check_minibatch_replay(shuffled_epoch_two) == 3
+    assert al.check_minibatch_replay(TensorDict({}, batch_size=4)) == 1
+    with_ids = shuffled_epoch_two.clone()
+    with_ids["prefix_rft_minibatch"] = torch.tensor([0, 2, 3, 0])
+    with pytest.raises(RuntimeError, match="mixes rows of predicted mini-batches"):
+        al.check_minibatch_replay(with_ids)
+    al._REPLAY_STATE.update(step=None, last=None)
