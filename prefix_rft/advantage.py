@@ -97,7 +97,11 @@ def compute_prefix_rft_advantage(
             adv = adv.to(token_level_rewards.device) * response_mask
             return adv, adv
         adv = on_policy_baseline_advantage(scores, uids, is_prefixed, norm_by_std=cfg.norm_by_std)
-    else:
+    elif cfg.mode == "group":
         adv = group_advantage(scores, uids, norm_by_std=cfg.norm_by_std)
+    else:  # an AdvantageConfig built without validation: never fall back silently to another estimator
+        raise ValueError(
+            f"prefix_rft.advantage.mode={cfg.mode!r} is not one of group, on_policy_baseline, dr_grpo_prefix"
+        )
     adv = adv.to(token_level_rewards.device).unsqueeze(-1) * response_mask
     return adv, adv

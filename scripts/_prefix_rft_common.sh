@@ -58,6 +58,13 @@ ENGINE_ARGS=(
     actor_rollout_ref.actor.entropy_checkpointing=true
 )
 
+# _has_cfg_flag ARGS...: true when ARGS ask hydra to print the config (--cfg X, --cfg=X, -c X)
+_has_cfg_flag() {
+    local a
+    for a in "$@"; do [[ "$a" == "--cfg" || "$a" == --cfg=* || "$a" == "-c" ]] && return 0; done
+    return 1
+}
+
 # prefix_rft_train [hydra overrides...]: launch recipe/prefix_rft/main_prefix_rft.py.
 prefix_rft_train() {
     local exp_name=${EXP_NAME:-${METHOD_NAME:-prefix_rft}_qwen2.5_math_7b}

@@ -21,11 +21,6 @@ SFT_MAX_TOKEN_LEN_PER_GPU=${SFT_MAX_TOKEN_LEN_PER_GPU:-32768}
 SFT_EXP_NAME=${SFT_EXP_NAME:-sft_qwen2.5_math_7b}
 SFT_CKPT_DIR=${SFT_CKPT_DIR:-checkpoints/${PROJECT}/${SFT_EXP_NAME}}
 
-_has_cfg_flag() {
-    local a
-    for a in "$@"; do [[ "$a" == "--cfg" || "$a" == --cfg=* ]] && return 0; done
-    return 1
-}
 
 # prefix_rft_sft [hydra overrides of verl's sft_trainer_engine.yaml...]
 prefix_rft_sft() {

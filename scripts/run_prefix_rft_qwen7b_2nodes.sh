@@ -14,7 +14,7 @@
 NNODES=${NNODES:-2}
 source "$(dirname "${BASH_SOURCE[0]}")/_prefix_rft_common.sh"
 
-if [[ " $* " != *" --cfg "* && "${CKPT_DIR:-}" != /* ]]; then
+if ! _has_cfg_flag "$@" && [[ "${CKPT_DIR:-}" != /* ]]; then
     echo "run_prefix_rft_qwen7b_2nodes.sh: set CKPT_DIR to an absolute directory on storage every node shares" \
         "(got CKPT_DIR='${CKPT_DIR:-}'), e.g. CKPT_DIR=/shared/checkpoints/prefix_rft" >&2
     exit 2
