@@ -5,7 +5,7 @@ recipe through verl's real v1 trainer, concurrently (one per core): Prefix-RFT (
 RFT (``+preset=rft``), same seed, prompts and sizes. Each is the first :data:`STEPS` steps of the
 corresponding run of ``make bench-learning`` (its :data:`prefix_rft.cpu.learning.SETTINGS`, the ratio
 schedule decaying over the benchmark's length; validation on the 2-digit rows only), so the benchmark's 3
-seeds measure exactly what this test asserts.
+seeds measure the quantity this test asserts.
 
 What the benchmark measured (docs/LEARNING.md): with ~3% of on-policy rollouts rewarded, RFT's updates are
 dominated by negative advantages and its held-out accuracy falls to ~0 within 4-8 steps; Prefix-RFT's hybrid
