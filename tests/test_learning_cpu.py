@@ -14,9 +14,10 @@ continuation keeps it solving problems. The test asserts the gap: held-out 2-dig
 validations at steps 4 and 8 (128 answers), Prefix-RFT minus RFT, at least :data:`MIN_MARGIN` = half the
 smallest gap of the 3 measured seeds (:data:`MEASURED`).
 
-A hybrid rollout that never reaches the trainer or the reward turns Prefix-RFT into RFT and fails this test;
-whether the demo tokens' own gradient matters at this scale is what the benchmark's ``exclude_prefix`` arm
-measures (docs/results/cpu_learning.md). The SFT->RL path starting from the SFT checkpoint is checked by ``tests/test_sft_cpu.py`` (exact
+The gap comes from the demo tokens' gradient: the benchmark's ``exclude_prefix`` arm (the same hybrid
+rollouts, demo tokens given no gradient) collapses like RFT (docs/results/cpu_learning.md). So a demo-token
+gradient that is lost (a keep-mask off the demo tokens, a prefix mask that never reaches the loss) or points
+the wrong way, or hybrid rollouts that never reach the trainer, fail this test. The SFT->RL path starting from the SFT checkpoint is checked by ``tests/test_sft_cpu.py`` (exact
 weight equality of the RL actor with the merged SFT model).
 """
 
