@@ -23,19 +23,38 @@ from pathlib import Path
 from prefix_rft.cpu import learning as L
 from prefix_rft.testing.base_model import build_base_model
 
-QUICK = {"steps": 2, "test_freq": 2, "eval_rows_per_level": 8, "batch_size": 4, "mini_batch_size": 2,
-         "train_levels": {"2": 16, "3": 16}, "seeds": [0]}
+QUICK = {
+    "steps": 2,
+    "test_freq": 2,
+    "eval_rows_per_level": 8,
+    "batch_size": 4,
+    "mini_batch_size": 2,
+    "train_levels": {"2": 16, "3": 16},
+    "seeds": [0],
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="outputs/bench_learning", help="work dir (runs, data, logs)")
     p.add_argument("--report-dir", default="docs/results", help="where the JSON, markdown and PNGs go")
-    p.add_argument("--arms", nargs="+", choices=list(L.ARMS), default=None, help="subset of arms (default all)")
-    p.add_argument("--seeds", nargs="+", type=int, default=None, help="subset of seeds (default the settings')")
-    p.add_argument("--quick", action="store_true",
-                   help="a seconds-to-minutes smoke size (rft + prefix_rft, 1 seed, 2 steps); report not written "
-                        "to docs/ unless --report-dir is given")
+    p.add_argument(
+        "--arms", nargs="+", choices=list(L.ARMS), default=None, help="subset of arms (default all)"
+    )
+    p.add_argument(
+        "--seeds", nargs="+", type=int, default=None, help="subset of seeds (default the settings')"
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a seconds-to-minutes smoke size (rft + prefix_rft, 1 seed, 2 steps); report not written "
+        "to docs/ unless --report-dir is given",
+    )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the report from the finished runs under --out, run nothing",
+    )
     args = p.parse_args(argv)
     settings = copy.deepcopy(L.SETTINGS)
     arms = args.arms
@@ -52,8 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     model = build_base_model()
     data = L.build_data(out, settings, model)
     runs = L.plan(arms, settings["seeds"])
-    print(f"[bench-learning] {len(runs)} runs under {out}; base model {model}", flush=True)
-    results = L.run_matrix(out, settings, data, runs, log=lambda s: print(s, flush=True))
+    if args.report_only:
+        results = L.finished(out, runs)
+        missing = [f"{a} seed {s}" for a, s in runs if (a, s) not in results]
+        print(
+            f"[bench-learning] report from {len(results)} finished runs; not run: {', '.join(missing) or 'none'}"
+        )
+    else:
+        print(f"[bench-learning] {len(runs)} runs under {out}; base model {model}", flush=True)
+        results = L.run_matrix(out, settings, data, runs, log=lambda s: print(s, flush=True))
     command = "python scripts/bench_learning.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     report = L.aggregate(results, settings, time.monotonic() - start, command.strip())
     paths = L.write_report(report, report_dir)

@@ -125,8 +125,15 @@ def build_data(out: Path, settings: dict, model: str) -> BenchData:
     return BenchData(model=model, train=train, val=val, sft=sft)
 
 
-def rl_overrides(settings: dict, data: BenchData, model: str, preset: str, seed: int, run_dir: Path,
-                 stop_at: int | None = None) -> list[str]:
+def rl_overrides(
+    settings: dict,
+    data: BenchData,
+    model: str,
+    preset: str,
+    seed: int,
+    run_dir: Path,
+    stop_at: int | None = None,
+) -> list[str]:
     """The recipe overrides of one RL run: the preset, the shared sizes and the run's paths. ``stop_at``
     ends the run early at that step (everything else, the schedule included, as in the full run)."""
     steps = settings["steps"]
@@ -196,8 +203,16 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def run_one(arm: str, seed: int, *, out: Path, settings: dict, data: BenchData,
-            log: Callable[[str], None] = print, timeout_s: float = 900) -> dict:
+def run_one(
+    arm: str,
+    seed: int,
+    *,
+    out: Path,
+    settings: dict,
+    data: BenchData,
+    log: Callable[[str], None] = print,
+    timeout_s: float = 900,
+) -> dict:
     """Run (or reuse) one (arm, seed); returns its ``result.json`` content."""
     kind, preset = ARMS[arm]
     out = Path(out).resolve()
@@ -211,38 +226,83 @@ def run_one(arm: str, seed: int, *, out: Path, settings: dict, data: BenchData,
         from prefix_rft.cpu.sft import run_sft
 
         res = run_sft(
-            data.sft, data.model, run_dir, epochs=settings["sft_epochs"], batch_size=settings["sft_batch_size"],
-            lr=settings["lr"], seed=seed, max_length=settings["max_prompt_length"] + settings["max_response_length"] + 8,
-            timeout_s=timeout_s, env={**os.environ, **RUN_ENV},
+            data.sft,
+            data.model,
+            run_dir,
+            epochs=settings["sft_epochs"],
+            batch_size=settings["sft_batch_size"],
+            lr=settings["lr"],
+            seed=seed,
+            max_length=settings["max_prompt_length"] + settings["max_response_length"] + 8,
+            timeout_s=timeout_s,
+            env={**os.environ, **RUN_ENV},
         )
-        result = {"arm": arm, "seed": seed, "hf_model_dir": res.hf_model_dir, "sft_steps": res.steps,
-                  "sft_loss": [[s, m.get("train/loss")] for s, m in sorted(res.metrics.items())]}
+        result = {
+            "arm": arm,
+            "seed": seed,
+            "hf_model_dir": res.hf_model_dir,
+            "sft_steps": res.steps,
+            "sft_loss": [[s, m.get("train/loss")] for s, m in sorted(res.metrics.items())],
+        }
     else:
         model = data.model
         if kind == "sft_rl":
             model = run_one("sft", seed, out=out, settings=settings, data=data, log=log)["hf_model_dir"]
-        res = run_recipe(rl_overrides(settings, data, model, preset, seed, run_dir), workdir=run_dir,
-                         tag="train", timeout_s=timeout_s, env={**os.environ, **RUN_ENV})
+        res = run_recipe(
+            rl_overrides(settings, data, model, preset, seed, run_dir),
+            workdir=run_dir,
+            tag="train",
+            timeout_s=timeout_s,
+            env={**os.environ, **RUN_ENV},
+        )
         if res.returncode != 0:
-            raise RuntimeError(f"{arm} seed {seed} failed (exit {res.returncode}); log: {res.log_file}\n"
-                               f"{res.log_tail(40)}")
-        result = {"arm": arm, "seed": seed, "model": model, **curves(res.metrics, settings["eval_levels"]),
-                  "prefix_rft": {s: {k: v for k, v in m.items() if k.startswith("prefix_rft/")}
-                                 for s, m in sorted(res.metrics.items())}}
+            raise RuntimeError(
+                f"{arm} seed {seed} failed (exit {res.returncode}); log: {res.log_file}\n{res.log_tail(40)}"
+            )
+        result = {
+            "arm": arm,
+            "seed": seed,
+            "model": model,
+            **curves(res.metrics, settings["eval_levels"]),
+            "prefix_rft": {
+                s: {k: v for k, v in m.items() if k.startswith("prefix_rft/")}
+                for s, m in sorted(res.metrics.items())
+            },
+        }
     result["wall_s"] = time.monotonic() - start
     _write_json(done, result)
     return result
 
 
+def finished(out: Path, runs: list[tuple[str, int]]) -> dict[tuple[str, int], dict]:
+    """The results of the runs of ``runs`` that have finished under ``out`` (their ``result.json``)."""
+    out = Path(out).resolve()
+    done = {}
+    for arm, seed in runs:
+        path = out / "runs" / arm / f"seed{seed}" / "result.json"
+        if path.exists():
+            done[(arm, seed)] = json.loads(path.read_text())
+    return done
+
+
 def plan(arms=None, seeds=None) -> list[tuple[str, int]]:
     """The (arm, seed) runs of the matrix, in execution order (SFT before SFT->RFT)."""
-    arms = [a for a in ARMS if ARMS[a][0] != "base"] if arms is None else [a for a in arms if ARMS[a][0] != "base"]
+    arms = (
+        [a for a in ARMS if ARMS[a][0] != "base"]
+        if arms is None
+        else [a for a in arms if ARMS[a][0] != "base"]
+    )
     seeds = SETTINGS["seeds"] if seeds is None else seeds
     return [(a, s) for s in seeds for a in arms]
 
 
-def run_matrix(out: Path, settings: dict, data: BenchData, runs: list[tuple[str, int]],
-               log: Callable[[str], None] = print) -> dict[tuple[str, int], dict]:
+def run_matrix(
+    out: Path,
+    settings: dict,
+    data: BenchData,
+    runs: list[tuple[str, int]],
+    log: Callable[[str], None] = print,
+) -> dict[tuple[str, int], dict]:
     """Run every (arm, seed), ``settings["parallel_runs"]`` at a time, with a progress line per run and an
     ETA; finished runs are skipped. SFT runs go first (SFT->RFT starts from their checkpoints)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -275,15 +335,19 @@ def run_matrix(out: Path, settings: dict, data: BenchData, runs: list[tuple[str,
         finished.append(time.monotonic() - t)
         left = len(todo) - len(finished)
         eta = statistics.fmean(finished) * left / max(1, settings.get("parallel_runs", 1))
-        log(f"[bench-learning] done {len(finished)}/{len(todo)}: {arm} seed {seed} in {finished[-1]:.0f}s; "
-            f"elapsed {time.monotonic() - start:.0f}s, ~{eta / 60:.1f} min left")
+        log(
+            f"[bench-learning] done {len(finished)}/{len(todo)}: {arm} seed {seed} in {finished[-1]:.0f}s; "
+            f"elapsed {time.monotonic() - start:.0f}s, ~{eta / 60:.1f} min left"
+        )
 
     # SFT first and one at a time (each is a torchrun job); then the RL runs, `parallel_runs` at a time,
     # ordered so that RFT and Prefix-RFT of every seed finish first
     for run in [r for r in todo if ARMS[r[0]][0] == "sft"]:
         one(run)
     priority = {arm: i for i, arm in enumerate(RUN_ORDER)}
-    rl = sorted((r for r in todo if ARMS[r[0]][0] != "sft"), key=lambda r: (priority[r[0]] > 1, r[1], priority[r[0]]))
+    rl = sorted(
+        (r for r in todo if ARMS[r[0]][0] != "sft"), key=lambda r: (priority[r[0]] > 1, r[1], priority[r[0]])
+    )
     with ThreadPoolExecutor(max_workers=max(1, settings.get("parallel_runs", 1))) as pool:
         list(pool.map(one, rl))
     if failed:
@@ -314,13 +378,17 @@ def aggregate(results: dict[tuple[str, int], dict], settings: dict, wall_s: floa
         return {"mean": mean, "std": std}
 
     def with_avg(acc: dict[str, float]) -> dict[str, float]:
-        return {**{lv: float(acc[lv]) for lv in levels}, "avg": statistics.fmean(float(acc[lv]) for lv in levels)}
+        return {
+            **{lv: float(acc[lv]) for lv in levels},
+            "avg": statistics.fmean(float(acc[lv]) for lv in levels),
+        }
 
-    def mean_curve(runs: list[dict]) -> list[list[float]]:
+    def mean_curve(runs: list[dict], only: str | None = None) -> list[list[float]]:
         by_step: dict[int, list[float]] = {}
         for r in runs:
             for step, per in r["acc"]:
-                by_step.setdefault(int(step), []).append(statistics.fmean(float(per[lv]) for lv in levels))
+                value = float(per[only]) if only else statistics.fmean(float(per[lv]) for lv in levels)
+                by_step.setdefault(int(step), []).append(value)
         return [[s, statistics.fmean(v)] for s, v in sorted(by_step.items()) if len(v) == len(runs)]
 
     arms: dict[str, dict] = {}
@@ -346,18 +414,24 @@ def aggregate(results: dict[tuple[str, int], dict], settings: dict, wall_s: floa
             "per_seed": per,
             **summarize(per),
             "curve": mean_curve(runs),
+            "curve_by_level": {lv: mean_curve(runs, lv) for lv in levels},
             "response_length": _mean_series([r["response_length"] for r in runs]),
             "entropy": _mean_series([r["entropy"] for r in runs]),
             "kept_frac": _mean_series([_metric_series(r, "prefix_rft/kept_frac") for r in runs]),
-            "prefix_token_frac": _mean_series([_metric_series(r, "prefix_rft/prefix_token_frac") for r in runs]),
+            "prefix_token_frac": _mean_series(
+                [_metric_series(r, "prefix_rft/prefix_token_frac") for r in runs]
+            ),
         }
     base_acc = arms.get("base", {}).get("mean", {})
     return {"settings": settings, "base": base_acc, "arms": arms, "wall_s": wall_s, "command": command}
 
 
 def _metric_series(result: dict, key: str) -> list[list[float]]:
-    return [[int(s), float(m[key])] for s, m in sorted(result.get("prefix_rft", {}).items(), key=lambda x: int(x[0]))
-            if key in m and m[key] == m[key]]
+    return [
+        [int(s), float(m[key])]
+        for s, m in sorted(result.get("prefix_rft", {}).items(), key=lambda x: int(x[0]))
+        if key in m and m[key] == m[key]
+    ]
 
 
 def _mean_series(series: list[list[list[float]]]) -> list[list[float]]:
@@ -385,14 +459,14 @@ def markdown_table(report: dict) -> str:
     """The paper-layout table: one row per arm, one column per level and the average, mean ± std."""
     levels = [str(lv) for lv in report["settings"]["eval_levels"]]
     ood = str(max(report["settings"]["eval_levels"]))
-    head = ["method"] + [f"{lv}-digit" + (" (OOD)" if lv == ood else "") for lv in levels] + ["avg"]
+    head = ["method"] + [f"{lv}-digit" + (" (OOD)" if lv == ood else "") for lv in levels] + ["avg", "seeds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm in ARMS:
         if arm not in report["arms"]:
             continue
         a = report["arms"][arm]
         cells = [f"{100 * a['mean'][k]:.1f} ± {100 * a['std'][k]:.1f}" for k in [*levels, "avg"]]
-        lines.append("| " + " | ".join([ARM_TITLES[arm], *cells]) + " |")
+        lines.append("| " + " | ".join([ARM_TITLES[arm], *cells, str(len(a["per_seed"]))]) + " |")
     return "\n".join(lines)
 
 
@@ -406,20 +480,31 @@ def write_report(report: dict, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "cpu_learning.json"]
     _write_json(paths[0], report)
+    train_level = str(min(int(k) for k in report["settings"]["train_levels"]))
     figs = {
-        "cpu_learning_accuracy.png": ("curve", "held-out accuracy (mean over levels)"),
+        "cpu_learning_accuracy.png": (
+            ("curve_by_level", train_level),
+            f"held-out {train_level}-digit accuracy (mean over seeds)",
+        ),
         "cpu_learning_length.png": ("response_length", "response length (tokens, training rollouts)"),
         "cpu_learning_entropy.png": ("entropy", "policy entropy (training tokens)"),
     }
     for name, (key, ylabel) in figs.items():
         fig, ax = plt.subplots(figsize=(7, 4.2))
         for arm, a in report["arms"].items():
-            pts = a.get(key) or []
+            pts = a.get(key[0], {}).get(key[1]) if isinstance(key, tuple) else a.get(key)
+            pts = pts or []
             if not pts:
                 continue
             xs, ys = zip(*pts, strict=True)
-            ax.plot(xs, ys, marker="o" if key == "curve" else None, ms=3,
-                    lw=2.4 if arm == "prefix_rft" else 1.3, label=ARM_TITLES[arm].strip("*"))
+            ax.plot(
+                xs,
+                ys,
+                marker="o" if isinstance(key, tuple) else None,
+                ms=3,
+                lw=2.4 if arm == "prefix_rft" else 1.3,
+                label=ARM_TITLES[arm].strip("*"),
+            )
         ax.set_xlabel("training step")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
@@ -463,4 +548,13 @@ def fmt_pct(x: float) -> str:
     return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
 
-__all__ = ["SETTINGS", "ARMS", "CPU_OVERRIDES", "aggregate", "build_data", "plan", "run_matrix", "write_report"]
+__all__ = [
+    "SETTINGS",
+    "ARMS",
+    "CPU_OVERRIDES",
+    "aggregate",
+    "build_data",
+    "plan",
+    "run_matrix",
+    "write_report",
+]

@@ -81,7 +81,9 @@ def sample_problems(level: int, n: int, seed: int, split: str) -> list[tuple[int
     lo, hi = _bounds(level)
     capacity = (hi - lo + 1) ** 2 // (10 if split == "eval" else 2)
     if n > capacity:
-        raise ValueError(f"level {level} has too few distinct {split} problems for n={n} (at most {capacity})")
+        raise ValueError(
+            f"level {level} has too few distinct {split} problems for n={n} (at most {capacity})"
+        )
     rng = random.Random(f"arith-{level}-{seed}-{split}")
     seen: set[tuple[int, int]] = set()
     out: list[tuple[int, int]] = []
@@ -93,7 +95,9 @@ def sample_problems(level: int, n: int, seed: int, split: str) -> list[tuple[int
     return out
 
 
-def rows(level: int, n: int, seed: int = 0, split: str = "train", with_demos: bool | None = None) -> list[dict]:
+def rows(
+    level: int, n: int, seed: int = 0, split: str = "train", with_demos: bool | None = None
+) -> list[dict]:
     """``n`` verl RL rows of ``level``; training rows carry their worked demonstration (evaluation rows
     carry none, as the data contract requires)."""
     with_demos = (split != "eval") if with_demos is None else with_demos

@@ -79,7 +79,11 @@ def build_tokenizer(recipe: dict, out_dir: str | None = None):
         show_progress=False,
     )
     texts = []
-    for content, demo in arith.corpus({1: 1, 2: 1, 3: 1, 4: 1, 5: 1}, 500, seed=1, ):
+    for content, demo in arith.corpus(
+        {1: 1, 2: 1, 3: 1, 4: 1, 5: 1},
+        500,
+        seed=1,
+    ):
         texts.append(f"<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n{demo}<|im_end|>\n")
     tok.train_from_iterator(texts, trainer=trainer)
     hf = PreTrainedTokenizerFast(
@@ -151,8 +155,10 @@ def pretrain(recipe: dict, out_dir: str, log: Callable[[str], None] = print) -> 
     floor = float(recipe.get("min_lr_ratio", 0.0))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
-        lambda s: min(1.0, (s + 1) / warm)
-        * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))),
+        lambda s: (
+            min(1.0, (s + 1) / warm)
+            * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+        ),
     )
     model.train()
     start = time.monotonic()
@@ -178,8 +184,11 @@ def pretrain(recipe: dict, out_dir: str, log: Callable[[str], None] = print) -> 
     return {"steps": steps, "final_loss": loss_ema, "params": n_params, "wall_s": time.monotonic() - start}
 
 
-def build_base_model(root: str | os.PathLike = "outputs/learning_base", recipe: dict | None = None,
-                     log: Callable[[str], None] = print) -> str:
+def build_base_model(
+    root: str | os.PathLike = "outputs/learning_base",
+    recipe: dict | None = None,
+    log: Callable[[str], None] = print,
+) -> str:
     """Path of the cached base model for ``recipe`` (default :data:`BASE_RECIPE`), building it if missing.
 
     A build writes to a temporary directory and renames it when complete, so an interrupted build is
@@ -204,8 +213,14 @@ def build_base_model(root: str | os.PathLike = "outputs/learning_base", recipe: 
     return str(model_dir)
 
 
-def greedy_accuracy(model_dir: str, levels=(1, 2, 3, 4), n: int = 100, temperature: float = 0.0,
-                    max_new_tokens: int = 96, seed: int = 0) -> dict[int, float]:
+def greedy_accuracy(
+    model_dir: str,
+    levels=(1, 2, 3, 4),
+    n: int = 100,
+    temperature: float = 0.0,
+    max_new_tokens: int = 96,
+    seed: int = 0,
+) -> dict[int, float]:
     """Accuracy per level of ``model_dir`` on ``n`` evaluation problems per level (transformers generate,
     scored by the project's reward). A quick in-process check used while building, not the benchmark's
     evaluation (that is verl's validation inside each run)."""
@@ -233,8 +248,9 @@ def greedy_accuracy(model_dir: str, levels=(1, 2, 3, 4), n: int = 100, temperatu
             )
         texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         score = [
-            compute_score(data_source=r["data_source"], solution_str=t,
-                          ground_truth=r["reward_model"]["ground_truth"])["score"]
+            compute_score(
+                data_source=r["data_source"], solution_str=t, ground_truth=r["reward_model"]["ground_truth"]
+            )["score"]
             for r, t in zip(rows, texts, strict=True)
         ]
         out[level] = sum(score) / len(score)
