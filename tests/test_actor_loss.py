@@ -595,8 +595,9 @@ def test_replay_guard_is_off_without_per_mini_batch_ranking_but_the_count_stays(
     """scope=batch / no entropy clipping: the trainer writes only the mini-batch count and step (no ids), so
     verl's per-epoch reshuffle (actor.shuffle=true, ppo_epochs > 1) cannot trip the guard, while the count
     still turns the actor's demo-token counts into step totals."""
-    import prefix_rft.actor_loss as al
     from tensordict import TensorDict
+
+    import prefix_rft.actor_loss as al
 
     al._REPLAY_STATE.update(step=None, last=None)
     shuffled_epoch_two = TensorDict(
