@@ -81,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench-learning] {len(runs)} runs under {out}; base model {model}", flush=True)
         results = L.run_matrix(out, settings, data, runs, log=lambda s: print(s, flush=True))
     command = "python scripts/bench_learning.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    report = L.aggregate(results, settings, time.monotonic() - start, command.strip())
+    wall = time.monotonic() - start
+    if args.report_only:  # the runs' own wall times, `parallel_runs` at a time
+        wall = sum(float(r.get("wall_s", 0.0)) for r in results.values()) / max(1, settings["parallel_runs"])
+        command = "make bench-learning, then " + command.strip()
+    report = L.aggregate(results, settings, wall, command.strip())
+    report["not_run"] = [f"{a} seed {s}" for a, s in runs if (a, s) not in results]
     paths = L.write_report(report, report_dir)
     print(L.markdown_table(report))
     for path in paths:

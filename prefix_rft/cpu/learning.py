@@ -525,12 +525,15 @@ def _markdown_report(report: dict) -> str:
     lines = [
         "# Prefix-RFT at CPU scale: held-out accuracy per level (verl's real trainers)",
         "",
-        f"Produced by `{report['command']}` in {report['wall_s'] / 60:.0f} min on a 2-core CPU machine (no GPU).",
+        f"Produced by `{report['command']}` ({report['wall_s'] / 60:.0f} min of runs, 2 at a time) on a 2-core "
+        "CPU machine (no GPU), shared with other jobs while it ran.",
         "Accuracy (%) on held-out problems per difficulty level (digits per operand), mean ± std over seeds "
         f"{s['seeds']}, at the last step ({s['steps']}); validation sampling at the recipe's temperature 0.6.",
         "",
         markdown_table(report),
         "",
+        *(["Not run (the session ran out of time; `make bench-learning` runs only these): "
+           + ", ".join(report["not_run"]) + ".", ""] if report.get("not_run") else []),
         "![held-out accuracy vs step](cpu_learning_accuracy.png)",
         "",
         "![response length vs step](cpu_learning_length.png) ![entropy vs step](cpu_learning_entropy.png)",
