@@ -177,11 +177,16 @@ class RunResult:
 
     def log_tail(self, n: int = 60) -> str:
         """The last ``n`` lines of the trainer's console log (for error messages)."""
-        try:
-            lines = Path(self.log_file).read_text(errors="replace").splitlines()
-        except OSError:
-            return "<no log>"
-        return "\n".join(lines[-n:])
+        return log_tail(self.log_file, n)
+
+
+def log_tail(path: str | os.PathLike, n: int = 60) -> str:
+    """The last ``n`` lines of a log file, or ``<no log>`` when it cannot be read."""
+    try:
+        lines = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return "<no log>"
+    return "\n".join(lines[-n:])
 
 
 def read_metrics(path: str | os.PathLike) -> dict[int, dict]:

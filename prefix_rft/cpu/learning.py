@@ -532,8 +532,16 @@ def _markdown_report(report: dict) -> str:
         "",
         markdown_table(report),
         "",
-        *(["Not run (the session ran out of time; `make bench-learning` runs only these): "
-           + ", ".join(report["not_run"]) + ".", ""] if report.get("not_run") else []),
+        *(
+            [
+                "Not run (the session ran out of time; `make bench-learning` runs only these): "
+                + ", ".join(report["not_run"])
+                + ".",
+                "",
+            ]
+            if report.get("not_run")
+            else []
+        ),
         "![held-out accuracy vs step](cpu_learning_accuracy.png)",
         "",
         "![response length vs step](cpu_learning_length.png) ![entropy vs step](cpu_learning_entropy.png)",

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefix_rft.cpu.launch import cpu_env, read_metrics
+from prefix_rft.cpu.launch import cpu_env, log_tail, read_metrics
 
 SFT_MODULE = "verl.trainer.sft_trainer"
 MERGER_MODULE = "verl.model_merger"
@@ -78,11 +78,7 @@ class SftResult:
 
     def log_tail(self, n: int = 60) -> str:
         """The last ``n`` lines of the log (trainer, then merger)."""
-        try:
-            lines = Path(self.log_file).read_text(errors="replace").splitlines()
-        except OSError:
-            return "<no log>"
-        return "\n".join(lines[-n:])
+        return log_tail(self.log_file, n)
 
 
 def count_parquet_rows(path: str | os.PathLike) -> int:

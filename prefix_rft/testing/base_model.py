@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from prefix_rft.testing import arith
-from prefix_rft.testing.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS
+from prefix_rft.testing.tiny import train_and_wrap
 
 #: Bump when the build procedure changes in a way the recipe dict does not capture.
 BUILD_VERSION = 1
@@ -64,20 +64,13 @@ def render_prompt(tokenizer, content: str) -> str:
 def build_tokenizer(recipe: dict, out_dir: str | None = None):
     """Byte-level BPE trained on the task's chat-formatted text; each digit is its own pre-token (so no
     merge ever spans two digits). eos = ``<|im_end|>``, pad = ``<|endoftext|>``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
     )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=recipe["vocab_size"],
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
     texts = []
     for content, demo in arith.corpus(
         {1: 1, 2: 1, 3: 1, 4: 1, 5: 1},
@@ -85,20 +78,7 @@ def build_tokenizer(recipe: dict, out_dir: str | None = None):
         seed=1,
     ):
         texts.append(f"<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n{demo}<|im_end|>\n")
-    tok.train_from_iterator(texts, trainer=trainer)
-    hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        bos_token=None,
-        unk_token=None,
-        additional_special_tokens=["<|im_start|>"],
-    )
-    hf.chat_template = CHAT_TEMPLATE
-    hf.padding_side = "left"
-    if out_dir is not None:
-        hf.save_pretrained(out_dir)
-    return hf
+    return train_and_wrap(tok, texts, recipe["vocab_size"], out_dir)
 
 
 def _batches(tokenizer, pairs: list[tuple[str, str]], batch_size: int):

@@ -47,19 +47,27 @@ def build_tiny_tokenizer(out_dir: str | None = None, vocab_size: int = 400):
 
     eos = ``<|im_end|>`` (the end of an assistant turn), pad = ``<|endoftext|>``.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
+    return train_and_wrap(tok, _corpus(), vocab_size, out_dir)
+
+
+def train_and_wrap(tok, texts, vocab_size: int, out_dir: str | None = None):
+    """Train the BPE ``tok`` on ``texts`` with the chat special tokens and wrap it for transformers with the
+    Qwen-style chat template: eos = ``<|im_end|>``, pad = ``<|endoftext|>``, left padding."""
+    from tokenizers import pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(texts, trainer=trainer)
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
