@@ -27,8 +27,8 @@ test: install
 	$(PY) -m pytest -q tests
 
 lint: install
-	$(VENV)/bin/ruff check prefix_rft recipe scripts tests
-	$(VENV)/bin/ruff format --check prefix_rft recipe scripts tests
+	$(VENV)/bin/ruff check prefix_rft recipe scripts tests benchmarks
+	$(VENV)/bin/ruff format --check prefix_rft recipe scripts tests benchmarks
 
 demo: install
 	$(PY) scripts/cpu_demo.py $(DEMO_ARGS)

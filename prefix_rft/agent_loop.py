@@ -67,7 +67,7 @@ from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentL
 from verl.workers.rollout.replica import TokenOutput
 
 from prefix_rft.config import PrefixRFTConfig
-from prefix_rft.core.schedule import choose_demo, keeps_demo, sample_prefix_ratio
+from prefix_rft.core.schedule import choose_demo, keeps_demo, sample_prefix_ratio, stable_seed
 from prefix_rft.core.splice import splice_prefix
 from prefix_rft.verl_config import VALIDATION_SPLITS, context_window, prefix_config_from_verl
 
@@ -235,6 +235,22 @@ def is_validation_request(kwargs: Mapping[str, Any]) -> bool:
     return isinstance(split, str) and split.lower() in VALIDATION_SPLITS
 
 
+def with_validation_seed(
+    sampling_params: dict[str, Any], kwargs: Mapping[str, Any], val_seed: int | None
+) -> dict[str, Any]:
+    """``sampling_params`` with a per-request ``seed`` for a validation request when ``val_seed`` is set.
+
+    The seed is a pure function of ``(val_seed, row_uid, session_id)`` (31 bits, what every engine takes),
+    so a checkpoint's validation score does not depend on the run, the step or how requests are batched.
+    Training requests, an unset ``val_seed`` and a seed the caller already chose are left alone.
+    """
+    if val_seed is None or "seed" in sampling_params or not is_validation_request(kwargs):
+        return sampling_params
+    session = int(_plain(kwargs.get("session_id", 0)) or 0)
+    seed = stable_seed("validation", val_seed, row_uid(kwargs), session) % 2**31
+    return {**sampling_params, "seed": seed}
+
+
 def strip_reasoning_open_tag(prompt_tail: str, demo: str) -> str:
     """Drop the demo's leading reasoning tag when the generation prompt already opened it.
 
@@ -365,6 +381,7 @@ class PrefixRFTAgentLoop(SingleTurnAgentLoop):
             and int(_plain(session_id)) < cfg.num_prefixed
             and keeps_demo(row_uid(kwargs), seed=cfg.seed, fraction=cfg.demo_fraction)  # demo_fraction
         )
+        sampling_params = with_validation_seed(sampling_params, kwargs, cfg.val_seed)
         plan = self._plan(kwargs) if wants_prefix else None
         if plan is None or plan.demo_text is None:
             output = await super().run(sampling_params, **kwargs)

@@ -153,6 +153,10 @@ class PrefixRFTConfig:
             demos" ablation uses 0.1): a seeded hash of each row's identity decides, the same rows every
             step; the other rows get no prefix (all ``rollout.n`` samples on-policy, ``demo_missing`` 0).
             Default 1.0 (every row).
+        val_seed: seed of validation sampling. An integer gives every validation request its own
+            sampling seed, a pure function of ``(val_seed, row, sample index)``, so the same checkpoint
+            scores the same on every run (vLLM and SGLang honour a per-request seed). Default ``None``:
+            the rollout engine's own random stream (verl's behaviour; validation then varies run to run).
         ratio: prefix-ratio schedule, see :class:`RatioScheduleConfig`.
         entropy_clip: see :class:`EntropyClipConfig`.
         loss: see :class:`PrefixLossConfig`.
@@ -163,6 +167,7 @@ class PrefixRFTConfig:
     demo_key: str = "demonstrations"
     seed: int = 42
     demo_fraction: float = 1.0
+    val_seed: int | None = None
     ratio: RatioScheduleConfig = field(default_factory=RatioScheduleConfig)
     entropy_clip: EntropyClipConfig = field(default_factory=EntropyClipConfig)
     loss: PrefixLossConfig = field(default_factory=PrefixLossConfig)
@@ -196,6 +201,12 @@ class PrefixRFTConfig:
             "demo_fraction",
             self.demo_fraction,
             "a float in (0, 1] (1.0 = every row keeps its demos; num_prefixed=0 for none)",
+        )
+        _check(
+            self.val_seed is None or _is_int(self.val_seed),
+            "val_seed",
+            self.val_seed,
+            "an integer, or null for the rollout engine's own random stream",
         )
         _check(r.schedule in SCHEDULES, "ratio.schedule", r.schedule, f"one of {SCHEDULES}")
         for name in ("low_start", "low_end", "high"):

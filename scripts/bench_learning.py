@@ -1,14 +1,17 @@
 """``make bench-learning``: the paper's comparison at CPU scale through verl's real trainers.
 
-Every arm of :data:`prefix_rft.cpu.learning.ARMS` x 3 seeds (``prefix_rft.cpu.learning.SETTINGS``), from the
-cached task-pretrained base model; finished runs are skipped, so an interrupted benchmark resumes. Writes
+Phase 1, the sweeps (dev split): the RL learning rate on RFT, the SFT learning rate on SFT
+(``prefix_rft.cpu.learning.SWEEPS``). Phase 2, the comparison (test split): every arm x 3 seeds at the values
+the sweeps chose (``SELECTION_RULE``). Finished runs are skipped (their JSON under
+``docs/results/learning/``), so an interrupted benchmark resumes, on this machine or another. Writes
 ``docs/results/cpu_learning.{json,md}`` and the PNGs (``--report-dir``).
 
-    python scripts/bench_learning.py                       # the whole matrix (about an hour on 2 cores)
+    python scripts/bench_learning.py                       # sweeps, then the matrix
+    python scripts/bench_learning.py --phase sweeps        # the sweeps only
     python scripts/bench_learning.py --arms rft prefix_rft --seeds 0
-    python scripts/bench_learning.py --quick               # 1 seed, rft + prefix_rft, 2 steps: a smoke test
+    python scripts/bench_learning.py --quick               # a smoke test (tiny sizes, outputs/ only)
 
-It ends with one ``RESULT <arm>_avg=<mean accuracy over levels>`` line per arm.
+It ends with one ``RESULT <arm>_<level>=<mean accuracy>`` line per arm.
 """
 
 from __future__ import annotations
@@ -23,76 +26,102 @@ from pathlib import Path
 from prefix_rft.cpu import learning as L
 from prefix_rft.testing.base_model import build_base_model
 
+#: ``--quick``: seconds-to-minutes sizes; results under outputs/, never docs/.
 QUICK = {
     "steps": 2,
     "test_freq": 2,
     "eval_rows_per_level": 8,
     "batch_size": 4,
     "mini_batch_size": 2,
-    "train_levels": {"2": 16, "3": 16},
+    "train_levels": {"2": 4, "3": 4},
+    "eval_levels": [2, 3],
     "seeds": [0],
+    "rl_lr": 3e-5,
+    "sft_lr": 3e-4,
+    "sft_epochs": 1,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="outputs/bench_learning", help="work dir (runs, data, logs)")
+    p.add_argument("--phase", choices=["all", "sweeps", "matrix"], default="all")
     p.add_argument("--report-dir", default="docs/results", help="where the JSON, markdown and PNGs go")
+    p.add_argument("--results-dir", default=str(L.RESULTS_DIR), help="per-run result JSONs (committed)")
+    p.add_argument("--work-dir", default=str(L.WORK_DIR), help="logs, checkpoints, SFT models")
+    p.add_argument("--arms", nargs="+", choices=list(L.ARMS), default=None, help="subset of arms")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="subset of seeds")
+    p.add_argument("--parallel", type=int, default=L.SETTINGS["parallel_runs"], help="runs at a time")
     p.add_argument(
-        "--arms", nargs="+", choices=list(L.ARMS), default=None, help="subset of arms (default all)"
+        "--quick", action="store_true", help="smoke sizes: base + rft + prefix_rft, 1 seed, 2 steps"
     )
     p.add_argument(
-        "--seeds", nargs="+", type=int, default=None, help="subset of seeds (default the settings')"
-    )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="a seconds-to-minutes smoke size (rft + prefix_rft, 1 seed, 2 steps); report not written "
-        "to docs/ unless --report-dir is given",
-    )
-    p.add_argument(
-        "--report-only",
-        action="store_true",
-        help="write the report from the finished runs under --out, run nothing",
+        "--report-only", action="store_true", help="write the report from finished runs, run nothing"
     )
     args = p.parse_args(argv)
-    settings = copy.deepcopy(L.SETTINGS)
-    arms = args.arms
-    report_dir = Path(args.report_dir)
-    if args.quick:
-        settings.update(QUICK)
-        arms = arms or ["rft", "prefix_rft"]
-        if args.report_dir == p.get_default("report_dir"):
-            report_dir = Path(args.out) / "quick_report"
-    if args.seeds is not None:
-        settings["seeds"] = args.seeds
-    out = Path(args.out).resolve() / L.settings_hash(settings)
+    results_dir, work_dir, report_dir = Path(args.results_dir), Path(args.work_dir), Path(args.report_dir)
     start = time.monotonic()
     model = build_base_model()
-    data = L.build_data(out, settings, model)
-    runs = L.plan(arms, settings["seeds"])
-    if args.report_only:
-        results = L.finished(out, runs)
-        missing = [f"{a} seed {s}" for a, s in runs if (a, s) not in results]
-        print(
-            f"[bench-learning] report from {len(results)} finished runs; not run: {', '.join(missing) or 'none'}"
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    if args.quick:
+        settings = {**copy.deepcopy(L.SETTINGS), **QUICK}
+        results_dir = work_dir = Path("outputs/bench_learning_quick").resolve()
+        if args.report_dir == p.get_default("report_dir"):
+            report_dir = work_dir / "report"
+        runs = L.matrix_runs(settings, args.arms or ["base", "rft", "prefix_rft"], args.seeds)
+        data = L.build_data(work_dir / "matrix", settings, model, "test")
+        if not args.report_only:
+            L.run_many(
+                runs, data, parallel=args.parallel, results_dir=results_dir, work_dir=work_dir, log=log
+            )
+        report = L.aggregate(
+            L.finished(runs, results_dir), settings, {}, time.monotonic() - start, "bench_learning.py --quick"
         )
-    else:
-        print(f"[bench-learning] {len(runs)} runs under {out}; base model {model}", flush=True)
-        results = L.run_matrix(out, settings, data, runs, log=lambda s: print(s, flush=True))
+        L.write_report(report, report_dir)
+        for line in L.result_lines(report):
+            print(line)
+        return 0
+    if args.phase in ("all", "sweeps") and not args.report_only:
+        base = L.dev_base_run()
+        data = L.build_data(work_dir / "sweep-base", base.settings, model, "dev", base.levels)
+        L.run_many([base], data, parallel=1, results_dir=results_dir, work_dir=work_dir, log=log)
+        for name in L.SWEEPS:
+            runs = L.sweep_runs(name)
+            data = L.build_data(work_dir / f"sweep-{name}", runs[0].settings, model, "dev", runs[0].levels)
+            log(
+                f"[bench-learning] sweep {name} on {L.SWEEPS[name]['arm']}: {[r.settings[name] for r in runs]}"
+            )
+            L.run_many(
+                runs, data, parallel=args.parallel, results_dir=results_dir, work_dir=work_dir, log=log
+            )
+    settings = L.tuned_settings(results_dir=results_dir)
+    if settings is None:
+        log("[bench-learning] the sweeps are not finished: run `--phase sweeps` (or no --phase) first")
+        return 1 if args.phase == "matrix" else 0
+    log(
+        f"[bench-learning] tuned: rl_lr={settings['rl_lr']:g}, sft_lr={settings['sft_lr']:g} ({L.SELECTION_RULE})"
+    )
+    runs = L.matrix_runs(settings, args.arms, args.seeds)
+    if args.phase in ("all", "matrix") and not args.report_only:
+        data = L.build_data(work_dir / "matrix", settings, model, "test")
+        L.run_many(runs, data, parallel=args.parallel, results_dir=results_dir, work_dir=work_dir, log=log)
+    all_runs = L.matrix_runs(settings)
+    sweeps = {name: L.sweep_results(name, results_dir=results_dir) for name in L.SWEEPS}
     command = "python scripts/bench_learning.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    wall = time.monotonic() - start
-    if args.report_only:  # the runs' own wall times, `parallel_runs` at a time
-        wall = sum(float(r.get("wall_s", 0.0)) for r in results.values()) / max(1, settings["parallel_runs"])
-        command = "make bench-learning, then " + command.strip()
-    report = L.aggregate(results, settings, wall, command.strip())
-    report["not_run"] = [f"{a} seed {s}" for a, s in runs if (a, s) not in results]
-    paths = L.write_report(report, report_dir)
+    dev_base = L.finished([L.dev_base_run()], results_dir)
+    report = L.aggregate(
+        L.finished(all_runs, results_dir),
+        settings,
+        sweeps,
+        time.monotonic() - start,
+        command.strip(),
+        dev_base=next(iter(dev_base.values()), None),
+    )
+    report["not_run"] = [r.name for r in all_runs if not r.result_path(results_dir).exists()]
+    for path in L.write_report(report, report_dir):
+        log(f"[bench-learning] wrote {path}")
     print(L.markdown_table(report))
-    for path in paths:
-        print(f"[bench-learning] wrote {path}")
-    for arm, a in report["arms"].items():
-        print(f"RESULT {arm}_avg={a['mean']['avg']:.4f}")
+    for line in L.result_lines(report):
+        print(line)
     return 0
 
 

@@ -76,8 +76,8 @@ BENCHES = {
     # its id keeps it out of the fast unit pass); builds the cached base model when missing
     "bench_learning_e2e": Bench(
         cmd=[sys.executable, "scripts/bench_learning.py", "--quick"],
-        figures=("base_avg", "rft_avg", "prefix_rft_avg"),
-        bounds={"base_avg": (0.0, 1.0), "rft_avg": (0.0, 1.0), "prefix_rft_avg": (0.0, 1.0)},
+        figures=("base_add2", "rft_add2", "prefix_rft_add2"),
+        bounds={"base_add2": (0.0, 1.0), "rft_add2": (0.0, 1.0), "prefix_rft_add2": (0.0, 1.0)},
         timeout_s=1200,
     ),
 }

@@ -80,6 +80,8 @@ def test_omegaconf_block():
         ({"ratio": {"high": "x"}}, "prefix_rft.ratio.high='x'"),
         ({"entropy_clip": {"top_ratio": None}}, "prefix_rft.entropy_clip.top_ratio=None"),
         ({"loss": {"luffy_gamma": "x"}}, "prefix_rft.loss.luffy_gamma='x'"),
+        ({"val_seed": "abc"}, "prefix_rft.val_seed='abc'"),
+        ({"val_seed": 0.5}, "prefix_rft.val_seed=0.5"),
     ],
 )
 def test_bad_values_name_the_key(block, key):

@@ -74,7 +74,11 @@ CPU_OVERRIDES = [
 def cpu_env(base: dict[str, str] | None = None) -> dict[str, str]:
     """``base`` (default: this process' environment) plus :data:`CPU_ENV`; ``PYTHONPATH`` gets the repo root."""
     env = dict(os.environ if base is None else base)
+    # modules the caller asked verl to import (e.g. a benchmark's control estimator) are kept, after ours
+    extra = [m for m in env.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m.strip()]
     env.update(CPU_ENV)
+    ours = CPU_ENV["VERL_USE_EXTERNAL_MODULES"]
+    env["VERL_USE_EXTERNAL_MODULES"] = ",".join([ours, *(m for m in extra if m != ours)])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     return env
 

@@ -61,25 +61,50 @@ def _is_eval(a: int, b: int) -> bool:
     return hashlib.blake2b(f"{a}+{b}".encode(), digest_size=2).digest()[0] < 32
 
 
+#: Held-out splits: ``eval`` is the whole reserved pool; ``dev`` (tuning) and ``test`` (reported results) are
+#: its two disjoint halves, so hyper-parameters chosen on ``dev`` never see a ``test`` problem.
+HELD_OUT = ("eval", "dev", "test")
+
+
+def held_out_split(a: int, b: int) -> str | None:
+    """``"dev"`` or ``"test"`` for a reserved problem (a second hash bit halves the pool), ``None`` for a
+    training problem."""
+    if not _is_eval(a, b):
+        return None
+    return "dev" if hashlib.blake2b(f"{a}+{b}".encode(), digest_size=2).digest()[1] & 1 else "test"
+
+
 def _bounds(level: int) -> tuple[int, int]:
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
     return (0 if level == 1 else 10 ** (level - 1)), 10**level - 1
 
 
-def _draw(level: int, rng: random.Random, want_eval: bool) -> tuple[int, int]:
+def _in_split(p: tuple[int, int], split: str) -> bool:
+    if split == "eval":
+        return _is_eval(*p)
+    if split in HELD_OUT:
+        return held_out_split(*p) == split
+    return not _is_eval(*p)
+
+
+def _draw(level: int, rng: random.Random, want_eval: bool | str) -> tuple[int, int]:
+    """One problem of ``level``: of the held-out split named by ``want_eval`` (``True`` = ``"eval"``), or a
+    training problem (``False``)."""
+    split = "eval" if want_eval is True else (want_eval or "train")
     lo, hi = _bounds(level)
     while True:
         p = (rng.randint(lo, hi), rng.randint(lo, hi))
-        if _is_eval(*p) == want_eval:
+        if _in_split(p, split):
             return p
 
 
 def sample_problems(level: int, n: int, seed: int, split: str) -> list[tuple[int, int]]:
-    """``n`` distinct problems ``(a, b)`` of ``level`` digits each for ``split`` (``"eval"`` or anything
-    else = train), deterministic in ``(level, n, seed, split)``; eval and train problems are disjoint."""
+    """``n`` distinct problems ``(a, b)`` of ``level`` digits each for ``split`` (one of :data:`HELD_OUT`, or
+    anything else = train), deterministic in ``(level, n, seed, split)``; held-out and train problems are
+    disjoint, and so are ``dev`` and ``test``."""
     lo, hi = _bounds(level)
-    capacity = (hi - lo + 1) ** 2 // (10 if split == "eval" else 2)
+    capacity = (hi - lo + 1) ** 2 // {"eval": 10, "dev": 20, "test": 20}.get(split, 2)
     if n > capacity:
         raise ValueError(
             f"level {level} has too few distinct {split} problems for n={n} (at most {capacity})"
@@ -88,7 +113,7 @@ def sample_problems(level: int, n: int, seed: int, split: str) -> list[tuple[int
     seen: set[tuple[int, int]] = set()
     out: list[tuple[int, int]] = []
     while len(out) < n:
-        p = _draw(level, rng, split == "eval")
+        p = _draw(level, rng, split if split in HELD_OUT else False)
         if p not in seen:
             seen.add(p)
             out.append(p)
@@ -98,9 +123,10 @@ def sample_problems(level: int, n: int, seed: int, split: str) -> list[tuple[int
 def rows(
     level: int, n: int, seed: int = 0, split: str = "train", with_demos: bool | None = None
 ) -> list[dict]:
-    """``n`` verl RL rows of ``level``; training rows carry their worked demonstration (evaluation rows
-    carry none, as the data contract requires)."""
-    with_demos = (split != "eval") if with_demos is None else with_demos
+    """``n`` verl RL rows of ``level``; training rows carry their worked demonstration (held-out rows carry
+    none, as the data contract requires; ``extra_info.split`` is ``val`` for ``dev`` rows, ``test`` for
+    ``eval`` / ``test`` rows: both mark validation rows for the agent loop)."""
+    with_demos = (split not in HELD_OUT) if with_demos is None else with_demos
     out = []
     for i, (a, b) in enumerate(sample_problems(level, n, seed, split)):
         row = {
@@ -108,7 +134,11 @@ def rows(
             "prompt": [{"role": "user", "content": prompt_text(a, b)}],
             "ability": "math",
             "reward_model": {"ground_truth": str(a + b), "style": "rule"},
-            "extra_info": {"index": i, "split": "test" if split == "eval" else "train", "level": level},
+            "extra_info": {
+                "index": i,
+                "split": {"dev": "val", "eval": "test", "test": "test"}.get(split, "train"),
+                "level": level,
+            },
         }
         if with_demos:
             row["demonstrations"] = [solution(a, b)]
