@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import shlex
 import sys
 import time
@@ -104,6 +105,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.phase in ("all", "matrix") and not args.report_only:
         data = L.build_data(work_dir / "matrix", settings, model, "test")
         L.run_many(runs, data, parallel=args.parallel, results_dir=results_dir, work_dir=work_dir, log=log)
+    if (
+        args.phase in ("all", "matrix")
+        and not args.report_only
+        and (args.arms is None or "reference_rft" in args.arms)
+    ):
+        import subprocess
+
+        for seed in settings["seeds"]:  # the independent loop: ~1 min a seed, skipped when its result exists
+            if not (L.REFERENCE_DIR / f"rft_seed{seed}.json").exists():
+                subprocess.run(
+                    [sys.executable, "benchmarks/reference_grpo.py", "--benchmark", "--seed", str(seed)],
+                    check=True,
+                )
     all_runs = L.matrix_runs(settings)
     sweeps = {name: L.sweep_results(name, results_dir=results_dir) for name in L.SWEEPS}
     command = "python scripts/bench_learning.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
@@ -115,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         time.monotonic() - start,
         command.strip(),
         dev_base=next(iter(dev_base.values()), None),
+        reference=[json.loads(p.read_text()) for p in sorted(L.REFERENCE_DIR.glob("rft_seed*.json"))],
     )
     report["not_run"] = [r.name for r in all_runs if not r.result_path(results_dir).exists()]
     for path in L.write_report(report, report_dir):

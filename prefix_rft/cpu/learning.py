@@ -124,7 +124,12 @@ ARMS: dict[str, Arm] = {
     "random20": Arm("rl", "random20", title="ablation: random 20%"),
     "bottom20": Arm("rl", "bottom20", title="ablation: bottom 20%"),
     "uniform_ratio": Arm("rl", "uniform_ratio", title="ablation: uniform ratio"),
+    # not a recipe run: benchmarks/reference_grpo.py (independent Dr.GRPO loop) at the same sizes and seeds
+    "reference_rft": Arm("reference", title="reference loop: RFT (independent code)"),
 }
+
+#: Where the reference loop's results live (``rft_seed<k>.json``, written by ``benchmarks/reference_grpo.py``).
+REFERENCE_DIR = RESULTS_DIR / "reference"
 
 #: The arms ``make bench-learning`` runs (the last four ablations run when named with ``--arms``).
 DEFAULT_ARMS = [
@@ -552,7 +557,7 @@ def tuned_settings(settings: dict | None = None, results_dir: Path = RESULTS_DIR
 def matrix_runs(settings: dict, arms=None, seeds=None) -> list[Run]:
     """The comparison's runs (test split, every eval level), in execution order: the base, then the arms of
     :data:`FIRST` for every seed (what the CI learning test's margins come from), then the others by seed."""
-    arms = [a for a in (arms or DEFAULT_ARMS)]
+    arms = [a for a in (arms or DEFAULT_ARMS) if ARMS[a].kind != "reference"]  # the loop runs apart
     seeds = settings["seeds"] if seeds is None else seeds
     runs = []
     if "base" in arms:
@@ -672,6 +677,7 @@ def aggregate(
     wall_s: float,
     command: str,
     dev_base: dict | None = None,
+    reference: list[dict] | None = None,
 ) -> dict:
     """The ``docs/results/cpu_learning.json`` layout: protocol and sweeps, then per arm the per-seed accuracy
     per level (last validated step), mean ± std, pass@k, gains over the base and over the shuffled-reward
@@ -681,6 +687,8 @@ def aggregate(
     by_arm: dict[str, list[dict]] = {}
     for run, res in sorted(results.items(), key=lambda x: (x[0].arm, x[0].seed)):
         by_arm.setdefault(run.arm, []).append(res)
+    if reference:  # the independent loop's own step 0 is its base: no gain over the pipeline's base / control
+        by_arm["reference_rft"] = sorted(reference, key=lambda r: r["seed"])
 
     def last_acc(r: dict) -> dict[str, float]:
         return {lv: float(r["acc"][-1][1][lv]) for lv in levels}
@@ -713,17 +721,17 @@ def aggregate(
         a: dict = {"seeds": [r["seed"] for r in rows], "per_seed": rows, "mean": {}, "std": {}}
         for lv in levels:
             a["mean"][lv], a["std"][lv] = _mean_std([r[lv] for r in rows])
-            if base and arm != "base":
+            if base and arm not in ("base", "reference_rft"):
                 a.setdefault("gain_vs_base", {})[lv] = _mean_std([r[lv] - base[lv] for r in rows])
             paired = [r[lv] - control[r["seed"]][lv] for r in rows if r["seed"] in control]
-            if paired and arm not in ("base", "shuffled_reward"):
+            if paired and arm not in ("base", "shuffled_reward", "reference_rft"):
                 a.setdefault("gain_vs_control", {})[lv] = _mean_std(paired)
         key = f"pass@{settings['val_n']}_{hard}"
         vals = [r[key] for r in rows if r.get(key) is not None and r[key] == r[key]]
         if vals:
             a["mean"][key], a["std"][key] = _mean_std(vals)
         runs = by_arm.get(arm, [])
-        if ARMS[arm].kind in ("rl", "sft_rl") and runs:
+        if ARMS[arm].kind in ("rl", "sft_rl", "reference") and runs:
             a["curve_by_level"] = {
                 lv: _mean_series([[[s, per[lv]] for s, per in r["acc"]] for r in runs]) for lv in levels
             }
@@ -731,10 +739,13 @@ def aggregate(
                 for lv in levels:
                     a["curve_by_level"][lv] = [[0, base[lv]], *a["curve_by_level"][lv]]
             a["health"] = {
-                k: _mean_series([r["health"][k] for r in runs if r.get("health")]) for k in HEALTH_KEYS
+                k: _mean_series([r["health"][k] for r in runs if k in r.get("health", {})])
+                for k in HEALTH_KEYS
             }
             a["health_summary"] = _health_summary(runs)
-            a["step_time_s"] = statistics.fmean(r.get("step_time_s", float("nan")) for r in runs)
+            a["step_time_s"] = statistics.fmean(
+                r.get("step_time_s", r.get("train_s", float("nan")) / settings["steps"]) for r in runs
+            )
             a["wall_s"] = statistics.fmean(r.get("wall_s", float("nan")) for r in runs)
         arms[arm] = a
     sweep_rows = {}
