@@ -20,6 +20,7 @@ import argparse
 import copy
 import json
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         settings = {**copy.deepcopy(L.SETTINGS), **QUICK}
         results_dir = work_dir = Path("outputs/bench_learning_quick").resolve()
+        if not args.report_only:  # a smoke test starts afresh: stale results must not stand in for a run
+            shutil.rmtree(work_dir, ignore_errors=True)
         if args.report_dir == p.get_default("report_dir"):
             report_dir = work_dir / "report"
         runs = L.matrix_runs(settings, args.arms or ["base", "rft", "prefix_rft"], args.seeds)

@@ -556,15 +556,18 @@ def tuned_settings(settings: dict | None = None, results_dir: Path = RESULTS_DIR
 
 def matrix_runs(settings: dict, arms=None, seeds=None) -> list[Run]:
     """The comparison's runs (test split, every eval level), in execution order: the base, then the arms of
-    :data:`FIRST` for every seed (what the CI learning test's margins come from), then the others by seed."""
+    :data:`FIRST` for every seed (what the CI learning test's margins come from), then the others arm by arm."""
     arms = [a for a in (arms or DEFAULT_ARMS) if ARMS[a].kind != "reference"]  # the loop runs apart
     seeds = settings["seeds"] if seeds is None else seeds
     runs = []
     if "base" in arms:
         runs.append(Run("matrix", "base", 0, settings))
-    for group in ([a for a in arms if a in FIRST], [a for a in arms if a not in FIRST and a != "base"]):
-        for seed in seeds:
-            runs += [Run("matrix", a, seed, settings) for a in group]
+    for seed in seeds:
+        runs += [Run("matrix", a, seed, settings) for a in arms if a in FIRST]
+    for arm in [
+        a for a in arms if a not in FIRST and a != "base"
+    ]:  # then arm by arm: a cut leaves whole arms
+        runs += [Run("matrix", arm, seed, settings) for seed in seeds]
     return runs
 
 
@@ -958,15 +961,21 @@ def write_report(report: dict, out_dir: Path) -> list[Path]:
     if report.get("sweeps"):
         sws = [(k, v) for k, v in report["sweeps"].items() if k != "dev_base"]
         fig, axes = plt.subplots(1, len(sws), figsize=(6 * len(sws), 4), squeeze=False)
+        base = report["sweeps"].get("dev_base")
         for ax, (name, sw) in zip(axes[0], sws, strict=True):
-            for row in sw["rows"]:
-                if row["curve"]:
+            if all(len(row["curve"]) > 1 for row in sw["rows"]):  # an RL sweep: dev score vs step per value
+                for row in sw["rows"]:
                     xs, ys = zip(*row["curve"], strict=True)
                     ax.plot(xs, [100 * y for y in ys], marker="o", ms=3, label=f"{name}={row['value']:g}")
-                else:
-                    ax.axhline(100 * row["dev_score"], ls=":", label=f"{name}={row['value']:g} (after SFT)")
+                ax.set_xlabel("training step")
+            else:  # SFT: one validation after training, per value
+                xs = [row["value"] for row in sw["rows"]]
+                ax.plot(xs, [100 * row["dev_score"] for row in sw["rows"]], marker="o", label="after SFT")
+                ax.set_xscale("log")
+                ax.set_xlabel(name)
+            if base:
+                ax.axhline(100 * base["dev_score"], color="gray", ls=":", label="base model")
             ax.set_title(f"{name} sweep on {sw['arm']}: dev score (%)")
-            ax.set_xlabel("training step")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         fig.tight_layout()
