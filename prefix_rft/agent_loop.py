@@ -43,7 +43,8 @@ the same kwargs for train and validation. A request is treated as validation (ne
 ``demo_missing`` = 0) when it carries a truthy ``validate`` kwarg (honoured if a verl version passes it)
 or its ``extra_info.split`` is one of :data:`VALIDATION_SPLITS`. Otherwise the data contract applies:
 validation rows carry no demos, so they get no prefix (``demo_missing`` = 1 on the designated sessions,
-a metric, not an error).
+a metric, not an error). With ``prefix_rft.val_seed`` set, each validation request carries its own sampling
+``seed`` (:func:`with_validation_seed`), so a checkpoint's validation score is the same on every run.
 
 Only verl's v1 trainer (``trainer.use_v1=True``, the 0.9.1 default) carries ``session_id`` and the
 extra output fields to the actor; with the legacy trainer the loop refuses to start.

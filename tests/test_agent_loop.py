@@ -488,3 +488,19 @@ async def test_demo_key_reads_the_weak_demo_column(tokenizer, rows):
     assert out.is_prefixed == 1 and out.response_ids[: out.prefix_len] == weak[: out.prefix_len]
     strong = tokenizer.encode(rows[0]["demonstrations"][0], add_special_tokens=False)
     assert weak[: out.prefix_len] != strong[: out.prefix_len]
+
+
+async def test_val_seed_reaches_the_server_on_validation_requests_only(tokenizer, rows):
+    config = trainer_config({"num_prefixed": 1, "seed": 7, "val_seed": 3})
+    server = RecordingServer(tokenizer)
+    loop = make_loop(PrefixRFTAgentLoop, config, tokenizer, server)
+    val_row = {**rows[1], "extra_info": {**rows[1]["extra_info"], "split": "test"}}
+    val_row.pop("demonstrations", None)
+    for session in (0, 1, 0):
+        await loop.run(dict(SAMPLING), **request(val_row, session_id=session))
+    await loop.run(dict(SAMPLING), **request(rows[0], session_id=1))  # a training request
+    seeds = [call["sampling_params"].get("seed") for call in server.calls]
+    assert seeds[0] is not None and seeds[0] == seeds[2] != seeds[1]  # per (row, sample), stable
+    assert seeds[3] is None  # training sampling is left to the engine's stream
+    rest = {k: v for k, v in server.calls[0]["sampling_params"].items() if k not in ("seed", "max_tokens")}
+    assert rest == {k: v for k, v in SAMPLING.items() if k != "max_tokens"}  # nothing else changed
