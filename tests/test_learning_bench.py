@@ -158,3 +158,8 @@ def test_every_arm_preset_exists_and_sweeps_tune_baselines_only():
     assert all(a.preset in names for a in L.ARMS.values() if a.preset)
     assert {sw["arm"] for sw in L.SWEEPS.values()} == {"rft", "sft"}
     assert set(L.SWEEPS["rl_lr"]["values"]) >= {1e-5, 3e-5, 1e-4, 3e-4}
+
+
+def test_demo_tokens_trained_is_zero_for_arms_whose_demo_tokens_get_no_gradient():
+    assert not L.trains_demo_tokens("exclude_prefix") and not L.trains_demo_tokens("freeze_prefix")
+    assert L.trains_demo_tokens("prefix_rft") and L.trains_demo_tokens("rl_sft_loss")  # its SFT term

@@ -648,6 +648,22 @@ def _mean_series(series: list[list[list[float]]]) -> list[list[float]]:
     return [[k, statistics.fmean(v)] for k, v in sorted(by.items()) if len(v) == len(series)]
 
 
+def trains_demo_tokens(arm: str) -> bool:
+    """Whether the arm's preset gives demo tokens a gradient: ``prefix_rft.loss.prefix_tokens=train`` (the
+    default) or an SFT term (``sft_coef > 0``, ``rl_sft_loss``); ``freeze_prefix`` / ``exclude_prefix``
+    count kept tokens that never reach the loss."""
+    import yaml
+
+    from prefix_rft.presets import preset_path
+
+    preset = ARMS[arm].preset
+    if preset is None:
+        return True
+    block = yaml.safe_load(preset_path(preset).read_text()) or {}
+    loss = (block.get("prefix_rft") or {}).get("loss") or {}
+    return loss.get("prefix_tokens", "train") == "train" or float(loss.get("sft_coef", 0.0)) > 0
+
+
 def _health_summary(runs: list[dict]) -> dict[str, float]:
     """Per arm, mean over seeds: mean / max policy KL per step, the last quarter's share of responses at the
     cap, entropy and on-policy reward, the first quarter's on-policy reward, demo tokens trained in all."""
@@ -746,6 +762,8 @@ def aggregate(
                 for k in HEALTH_KEYS
             }
             a["health_summary"] = _health_summary(runs)
+            if ARMS[arm].kind != "reference" and not trains_demo_tokens(arm):
+                a["health_summary"]["demo_tokens_trained"] = 0.0
             a["step_time_s"] = statistics.fmean(
                 r.get("step_time_s", r.get("train_s", float("nan")) / settings["steps"]) for r in runs
             )
