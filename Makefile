@@ -40,8 +40,10 @@ bench: install
 bench-e2e: install
 	PY=$(PY) bash scripts/bench_e2e_cpu.sh $(BENCH_FLAGS)
 
-# the paper's comparison at CPU scale: every arm x 3 seeds through verl's real trainers (~1 h on 2 cores);
-# resumable; writes docs/results/cpu_learning.{json,md,*.png}. QUICK=1 for the smoke size (report under outputs/).
+# the paper's comparison at CPU scale through verl's real trainers: learning-rate sweeps on the baselines (dev
+# split), then every arm x 3 seeds (test split), ~2.5 h on 2 cores; resumable on any machine (each run's result
+# is committed under docs/results/learning/); writes docs/results/cpu_learning.{json,md,*.png}.
+# QUICK=1 for the smoke size (results and report under outputs/).
 bench-learning: install
 	$(PY) scripts/bench_learning.py $(BENCH_FLAGS)
 

@@ -3,22 +3,22 @@
 From the cached task-pretrained base model (built here when missing, ~1 min on 2 cores), two runs of the
 recipe through verl's real v1 trainer, concurrently (one per core): RFT (``+preset=rft``) and the
 shuffled-reward control (the same run with each batch's rewards permuted across its rollouts,
-``benchmarks/controls.py``: no information about which answer was right, the same reward rate). Each is the
-first :data:`STEPS` steps of the corresponding seed-0 run of ``make bench-learning`` (its tuned settings, the
-same data order and seeds), validated on the 2-digit test problems only (avg@4 at temperature 0.6, seeded by
-``prefix_rft.val_seed``: the same checkpoint gives the same number on every run).
+``benchmarks/controls.py``: the same reward rate, no information about which answer was right). Each is the
+seed-0 run of ``make bench-learning`` (its tuned settings and :data:`STEPS` steps, the same data order and
+seeds), validated on the 2-digit test problems only, at the end (avg@4 at temperature 0.6, seeded by
+``prefix_rft.val_seed``: the same checkpoint gives the same number on every run; validation requests do not
+draw from the rollout engine's random stream, so validating less often leaves training unchanged).
 
-It asserts what the benchmark measured (docs/results/cpu_learning.json, :data:`MEASURED`):
+It asserts what the benchmark measured (:data:`MEASURED`, docs/LEARNING.md "The CI test"):
 
-1. RFT's held-out 2-digit accuracy at step :data:`STEPS` is above the base model's (the step-0 validation of
-   the same run) by at least :data:`MIN_GAIN`;
+1. RFT's held-out 2-digit accuracy after :data:`STEPS` steps is above the base model's (the step-0
+   validation of the same run) by at least :data:`MIN_GAIN`;
 2. RFT is above the shuffled-reward control by at least :data:`MIN_GAP`: the gain comes from the reward,
    not from the update alone.
 
-A policy gradient that is lost, points the wrong way or is scaled to nothing (a broken advantage, a mask
-off the response tokens, weights that never reach the rollout server) fails (1); an update that merely
-sharpens the policy whatever the reward fails (2). Margins: half the smallest value measured over the
-benchmark's seeds and the repeated runs of this test (docs/LEARNING.md, "The CI test").
+A policy gradient that is lost, points the wrong way or is scaled to nothing (a broken advantage, a mask off
+the response tokens, weights that never reach the rollout server) fails (1); an update that merely sharpens
+the policy whatever the reward fails (2). Each margin is half the smallest value measured.
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from prefix_rft.testing.base_model import build_base_model
 
 REPO = Path(__file__).resolve().parents[1]
 LEVEL = 2
-STEPS = 16
+STEPS = 32
 SEED = 0
 
-#: Held-out 2-digit avg@4 at step 16, measured by ``make bench-learning`` (seeds 0, 1, 2) and by repeated
-#: runs of this test (seed 0): filled from docs/results/cpu_learning.json.
-MEASURED: dict[str, list[float]] = {}
+#: Held-out 2-digit avg@4 after 32 steps (the base model: 0.2207 on every run), measured by
+#: ``make bench-learning`` (seeds 0, 1, 2) and by runs of this test (seed 0).
+MEASURED: dict[str, list[float]] = {"rft": [], "shuffled_reward": []}
 MIN_GAIN = 0.0
 MIN_GAP = 0.0
 
@@ -45,6 +45,8 @@ MIN_GAP = 0.0
 def test_rft_learns_from_its_reward(tmp_path):
     settings = L.tuned_settings()
     assert settings is not None, "the benchmark's sweeps (docs/results/learning/sweep-*) are missing"
+    assert settings["steps"] == STEPS, "the benchmark's run length changed: re-measure MEASURED"
+    settings = {**settings, "test_freq": STEPS}  # validate at the end only (and before training, for RFT)
     model = build_base_model(REPO / "outputs" / "learning_base")
     data = L.build_data(tmp_path, settings, model, "test", [LEVEL])
     results: dict[str, object] = {}
@@ -52,17 +54,9 @@ def test_rft_learns_from_its_reward(tmp_path):
     def run(arm: str) -> None:
         run_dir = tmp_path / "runs" / arm
         ov = L.rl_overrides(
-            settings,
-            data,
-            model,
-            arm,
-            SEED,
-            run_dir,
-            levels=[LEVEL],
-            stop_at=STEPS,
-            val_before_train=arm == "rft",
+            settings, data, model, arm, SEED, run_dir, levels=[LEVEL], val_before_train=arm == "rft"
         )
-        results[arm] = run_recipe(ov, workdir=run_dir, tag="train", timeout_s=1200, env=L.run_env(arm, SEED))
+        results[arm] = run_recipe(ov, workdir=run_dir, tag="train", timeout_s=1500, env=L.run_env(arm, SEED))
 
     threads = [threading.Thread(target=run, args=(arm,)) for arm in ("rft", "shuffled_reward")]
     for t in threads:
@@ -72,9 +66,8 @@ def test_rft_learns_from_its_reward(tmp_path):
     acc: dict[str, dict[int, float]] = {}
     for arm, res in results.items():
         assert res.returncode == 0, f"{arm} failed:\n{res.log_tail()}"
-        acc[arm] = {
-            step: per[str(LEVEL)] for step, per in L.curves(res.metrics, [LEVEL], settings["val_n"])["acc"]
-        }
+        curve = L.curves(res.metrics, [LEVEL], settings["val_n"])["acc"]
+        acc[arm] = {step: per[str(LEVEL)] for step, per in curve}
     assert sorted(acc["rft"]) == [0, STEPS] and sorted(acc["shuffled_reward"]) == [STEPS], acc
     base, rft, control = acc["rft"][0], acc["rft"][STEPS], acc["shuffled_reward"][STEPS]
     print(
