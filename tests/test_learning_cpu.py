@@ -35,11 +35,17 @@ LEVEL = 2
 STEPS = 32
 SEED = 0
 
-#: Held-out 2-digit avg@4 after 32 steps (the base model: 0.2207 on every run), measured by
-#: ``make bench-learning`` (seeds 0, 1, 2) and by runs of this test (seed 0).
-MEASURED: dict[str, list[float]] = {"rft": [], "shuffled_reward": []}
-MIN_GAIN = 0.0
-MIN_GAP = 0.0
+#: Held-out 2-digit avg@4 after 32 steps (the base model: 0.2207 on every run): ``make bench-learning`` seeds
+#: 0, 1, 2 (docs/results/learning/matrix-*), then two runs of this test (seed 0). The training is not
+#: bit-reproducible (the rollout server draws request seeds in arrival order): seed 0 read 43.4, 43.0, 35.9.
+MEASURED: dict[str, list[float]] = {
+    "rft": [0.4336, 0.3496, 0.4590, 0.4297, 0.3594],
+    "shuffled_reward": [0.0918, 0.1602, 0.1152, 0.0664, 0.1543],
+}
+BASE = 0.2207
+#: Half the smallest measured gain over the base (12.9 points) and gap to the control (19.0 points).
+MIN_GAIN = 0.5 * min(r - BASE for r in MEASURED["rft"])
+MIN_GAP = 0.5 * min(r - c for r, c in zip(MEASURED["rft"], MEASURED["shuffled_reward"], strict=True))
 
 
 def test_rft_learns_from_its_reward(tmp_path):
