@@ -912,6 +912,15 @@ def result_lines(report: dict) -> list[str]:
     return out
 
 
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def write_report(report: dict, out_dir: Path) -> list[Path]:
     """``cpu_learning.json``, ``cpu_learning.md`` and the PNGs under ``out_dir``; returns the paths."""
     import matplotlib
@@ -947,10 +956,7 @@ def write_report(report: dict, out_dir: Path) -> list[Path]:
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / "cpu_learning_accuracy.png", dpi=100)
-    plt.close(fig)
-    paths.append(out_dir / "cpu_learning_accuracy.png")
+    paths.append(_save(fig, out_dir / "cpu_learning_accuracy.png"))
 
     names = ["ppo_kl", "clip_frac_len", "entropy", "reward_on_policy"]
     fig, axes = plt.subplots(1, len(names), figsize=(20, 4))
@@ -971,10 +977,7 @@ def write_report(report: dict, out_dir: Path) -> list[Path]:
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / "cpu_learning_health.png", dpi=100)
-    plt.close(fig)
-    paths.append(out_dir / "cpu_learning_health.png")
+    paths.append(_save(fig, out_dir / "cpu_learning_health.png"))
 
     if report.get("sweeps"):
         sws = [(k, v) for k, v in report["sweeps"].items() if k != "dev_base"]
@@ -996,10 +999,7 @@ def write_report(report: dict, out_dir: Path) -> list[Path]:
             ax.set_title(f"{name} sweep on {sw['arm']}: dev score (%)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out_dir / "cpu_learning_sweeps.png", dpi=100)
-        plt.close(fig)
-        paths.append(out_dir / "cpu_learning_sweeps.png")
+        paths.append(_save(fig, out_dir / "cpu_learning_sweeps.png"))
     md = out_dir / "cpu_learning.md"
     md.write_text(_markdown_report(report))
     paths.append(md)
