@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     all_runs = L.matrix_runs(settings)
     sweeps = {name: L.sweep_results(name, results_dir=results_dir) for name in L.SWEEPS}
     command = "python scripts/bench_learning.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    if args.report_only:
+        command = "make bench-learning, then " + command.strip()
     dev_base = L.finished([L.dev_base_run()], results_dir)
     report = L.aggregate(
         L.finished(all_runs, results_dir),
