@@ -72,12 +72,12 @@ BENCHES = {
         bounds={"rft_score": (0.0, 1.0), "prefix_rft_score": (0.0, 1.0)},
         timeout_s=1200,  # ~2.5 min on an idle 2-core machine; 7-10 min when it is shared and loaded
     ),
-    # `make bench-learning ARGS=--quick`: RFT and Prefix-RFT, 1 seed, 2 steps, 2 runs at a time (the e2e in
+    # `make bench-learning QUICK=1`: base, RFT and Prefix-RFT, 1 seed, 2 steps, 2 runs at a time (the e2e in
     # its id keeps it out of the fast unit pass); builds the cached base model when missing
     "bench_learning_e2e": Bench(
         cmd=[sys.executable, "scripts/bench_learning.py", "--quick"],
-        figures=("base_add2", "rft_add2", "prefix_rft_add2"),
-        bounds={"base_add2": (0.0, 1.0), "rft_add2": (0.0, 1.0), "prefix_rft_add2": (0.0, 1.0)},
+        figures=_each(("base", "rft", "prefix_rft"), ("add2", "add3")),
+        bounds={f: (0.0, 1.0) for f in _each(("base", "rft", "prefix_rft"), ("add2", "add3"))},
         timeout_s=1200,
     ),
 }
