@@ -8,7 +8,17 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SCANNED = ("prefix_rft", "recipe", "scripts", "docs", "tests", "benchmarks", "README.md", "Makefile", "pyproject.toml")
+SCANNED = (
+    "prefix_rft",
+    "recipe",
+    "scripts",
+    "docs",
+    "tests",
+    "benchmarks",
+    "README.md",
+    "Makefile",
+    "pyproject.toml",
+)
 SUFFIXES = {".py", ".md", ".sh", ".yaml", ".yml", ".txt", ".toml", ""}
 
 LINE_CITATION = re.compile(
