@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
-import re
 import shutil
 import statistics
 import sys
@@ -163,21 +161,6 @@ def before_after(metrics: dict[int, dict], levels, n: int) -> tuple[int, dict[st
     return int(last_step), {str(lv): Change(float(first[str(lv)]), float(last[str(lv)])) for lv in levels}
 
 
-PROBLEM = re.compile(r"Compute (\d+)\+(\d+)\.")
-
-
-def problem_scores(dump: Path) -> dict[str, list[float]]:
-    """Per held-out problem, the scores of its samples in one step's validation dump
-    (``trainer.validation_data_dir/<step>.jsonl``, one JSON line per sample with its prompt and score)."""
-    out: dict[str, list[float]] = {}
-    for line in Path(dump).read_text().splitlines():
-        rec = json.loads(line)
-        m = PROBLEM.search(str(rec.get("input", "")))
-        if m:
-            out.setdefault(m.group(0), []).append(float(rec.get("score", 0.0)))
-    return out
-
-
 def paired_noise(val_dir: Path, last_step: int, levels) -> dict[str, float]:
     """Per level, two standard errors of the change of held-out avg@n, paired by problem: the mean over the
     level's problems of (problem's avg after - its avg before), whose spread includes both the choice of
@@ -185,13 +168,13 @@ def paired_noise(val_dir: Path, last_step: int, levels) -> dict[str, float]:
     before, after = (Path(val_dir) / f"{step}.jsonl" for step in (0, last_step))
     if not (before.exists() and after.exists()):
         return {}
-    b, a = problem_scores(before), problem_scores(after)
+    b, a = L.problem_scores(before), L.problem_scores(after)
     out = {}
     for lv in levels:
         diffs = [
             statistics.fmean(a[q]) - statistics.fmean(b[q])
             for q in b
-            if q in a and len(PROBLEM.match(q).group(1)) == int(lv)
+            if q in a and L.problem_level(q) == int(lv)
         ]
         if len(diffs) > 1:
             out[str(lv)] = 2 * statistics.stdev(diffs) / math.sqrt(len(diffs))

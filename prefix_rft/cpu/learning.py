@@ -31,6 +31,7 @@ import json
 import math
 import os
 import random
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -318,8 +319,10 @@ def run_env(arm: str, seed: int) -> dict[str, str]:
     """Environment of one run: :data:`RUN_ENV`, plus the arm's modules for verl to import."""
     env = {**os.environ, **RUN_ENV, "PREFIX_RFT_CONTROL_SEED": str(seed)}
     mods = ARMS[arm].modules
-    if mods:
-        env["VERL_USE_EXTERNAL_MODULES"] = ",".join(mods)
+    if mods:  # after any the caller set (cpu_env puts the CPU plugin first)
+        env["VERL_USE_EXTERNAL_MODULES"] = ",".join(
+            m for m in (env.get("VERL_USE_EXTERNAL_MODULES", ""), *mods) if m
+        )
     return env
 
 
@@ -332,28 +335,40 @@ def level_accuracy(metrics: dict, level: int, n: int) -> float | None:
     return None
 
 
+#: The problem statement in a validation prompt (``arith.question``); its first operand's digits are the level.
+PROBLEM = re.compile(r"Compute (\d+)\+(\d+)\.")
+
+
+def problem_scores(dump: Path) -> dict[str, list[float]]:
+    """Per held-out problem (``"Compute a+b."``), the scores of its samples in one step's validation dump
+    (``trainer.validation_data_dir/<step>.jsonl``: one JSON line per sample with its prompt and score)."""
+    out: dict[str, list[float]] = {}
+    for line in Path(dump).read_text().splitlines():
+        rec = json.loads(line)
+        m = PROBLEM.search(str(rec.get("input", "")))
+        if m:
+            out.setdefault(m.group(0), []).append(float(rec.get("score", 0.0)))
+    return out
+
+
+def problem_level(problem: str) -> int:
+    """The level (digits of the first operand) of a ``"Compute a+b."`` statement."""
+    return len(PROBLEM.match(problem).group(1))
+
+
 def dumped_pass_at_k(val_dir: Path, k: int) -> dict[int, dict[str, float]]:
     """pass@k per level per validated step from verl's dump of the validation generations
-    (``trainer.validation_data_dir``: ``<step>.jsonl``, one line per sample with its input and score), with
-    the project's unbiased estimator (:func:`prefix_rft.eval.pass_at_k`)."""
-    import re
-
+    (:func:`problem_scores` of each ``<step>.jsonl``), with the project's unbiased estimator
+    (:func:`prefix_rft.eval.pass_at_k`)."""
     from prefix_rft.eval import pass_at_k
 
     out: dict[int, dict[str, float]] = {}
     for path in sorted(Path(val_dir).glob("*.jsonl")):
-        groups: dict[tuple[int, str], list[float]] = {}
-        for line in path.read_text().splitlines():
-            rec = json.loads(line)
-            m = re.search(r"Compute (\d+)\+(\d+)\.", str(rec.get("input", "")))
-            if not m:
-                continue
-            level = len(m.group(1))
-            groups.setdefault((level, m.group(0)), []).append(float(rec.get("score", 0.0)) > 0.5)
         per: dict[str, list[float]] = {}
-        for (level, _), hits in groups.items():
+        for problem, scores in problem_scores(path).items():
+            hits = [score > 0.5 for score in scores]
             if len(hits) >= k:
-                per.setdefault(str(level), []).append(pass_at_k(len(hits), sum(hits), k))
+                per.setdefault(str(problem_level(problem)), []).append(pass_at_k(len(hits), sum(hits), k))
         out[int(path.stem)] = {lv: statistics.fmean(v) for lv, v in per.items()}
     return out
 
