@@ -38,6 +38,11 @@ and processes; verl's ``uid`` is a fresh uuid per step and cannot be used for re
 :func:`~prefix_rft.core.schedule.keeps_demo` is rolled out as plain RL (no session is prefixed, its prompt
 kept, ``demo_missing`` = 0); ``prefix_rft/prefixed_frac`` shows the share of prefixed rollouts.
 
+Per-prompt guidance (``prefix_rft.guidance.mode`` ``on_failure`` / ``adaptive``): the trainer decides on the
+driver, per training row, whether its hybrid sessions get a prefix and at which ratio, and sends the decision
+with the row (:data:`GUIDED_FIELD`, :data:`GUIDE_RATIO_FIELD`; :func:`guidance_of`). An unguided row is rolled
+out as plain RL (``demo_missing`` = 0); a guided row without a ratio draws it from the schedule.
+
 Validation. verl 0.9.1 pops ``validate`` from the batch before the agent loop runs, and the loop gets
 the same kwargs for train and validation. A request is treated as validation (never prefixed,
 ``demo_missing`` = 0) when it carries a truthy ``validate`` kwarg (honoured if a verl version passes it)
@@ -76,6 +81,13 @@ REASONING_OPEN_TAGS = ("<think>",)
 """Opening tags a chat template may already put at the end of the generation prompt."""
 
 PER_SAMPLE_INT_FIELDS = ("is_prefixed", "prefix_len", "demo_missing", "demo_truncated")
+
+GUIDED_FIELD = "prefix_rft_guided"
+"""Per-row input written by the trainer when ``prefix_rft.guidance.mode`` is not ``schedule``: 1 if the row's
+``num_prefixed`` sessions start from a demo prefix this step, 0 if every session is on-policy."""
+GUIDE_RATIO_FIELD = "prefix_rft_ratio"
+"""Per-row input next to :data:`GUIDED_FIELD`: the prefix ratio of the row's hybrid sessions, or a negative
+value for a draw from the global schedule (the paper's sampler)."""
 
 
 class PrefixRFTAgentLoopOutput(AgentLoopOutput):
@@ -227,6 +239,17 @@ def extract_demos(value: Any) -> list[str]:
     return demos
 
 
+def guidance_of(kwargs: Mapping[str, Any]) -> tuple[bool, float | None]:
+    """``(guided, ratio)`` the trainer decided for this row (:data:`GUIDED_FIELD`, :data:`GUIDE_RATIO_FIELD`).
+
+    A request without them (``guidance.mode=schedule``, validation) is guided with a schedule draw."""
+    guided = _plain(kwargs.get(GUIDED_FIELD))
+    if guided is None:
+        return True, None
+    ratio = _plain(kwargs.get(GUIDE_RATIO_FIELD))
+    return bool(guided), (float(ratio) if ratio is not None and float(ratio) >= 0.0 else None)
+
+
 def is_validation_request(kwargs: Mapping[str, Any]) -> bool:
     """True for a validation request (see the module docstring for the rule)."""
     if bool(_plain(kwargs.get("validate", False))):
@@ -376,14 +399,16 @@ class PrefixRFTAgentLoop(SingleTurnAgentLoop):
         """verl's single-turn rollout; sessions ``< num_prefixed`` of a training row splice a demo prefix."""
         cfg = self.prefix_cfg
         session_id = kwargs.get("session_id")
+        guided, guide_ratio = guidance_of(kwargs)  # the trainer's per-prompt guidance (not schedule mode)
         wants_prefix = (
             not is_validation_request(kwargs)
+            and guided
             and session_id is not None
             and int(_plain(session_id)) < cfg.num_prefixed
             and keeps_demo(row_uid(kwargs), seed=cfg.seed, fraction=cfg.demo_fraction)  # demo_fraction
         )
         sampling_params = with_validation_seed(sampling_params, kwargs, cfg.val_seed)
-        plan = self._plan(kwargs) if wants_prefix else None
+        plan = self._plan(kwargs, guide_ratio) if wants_prefix else None
         if plan is None or plan.demo_text is None:
             output = await super().run(sampling_params, **kwargs)
             return self._wrap(output, prefix_len=0, ratio=-1.0, demo_missing=int(wants_prefix), truncated=0)
@@ -411,8 +436,11 @@ class PrefixRFTAgentLoop(SingleTurnAgentLoop):
             truncated=int(plan.truncated),
         )
 
-    def _plan(self, kwargs: Mapping[str, Any]) -> PrefixPlan:
-        """Pick the demo and draw the prefix ratio of one hybrid session (deterministic)."""
+    def _plan(self, kwargs: Mapping[str, Any], ratio: float | None = None) -> PrefixPlan:
+        """Pick the demo and draw the prefix ratio of one hybrid session (deterministic).
+
+        ``ratio`` is the trainer's per-prompt ratio (``guidance.mode=adaptive``); ``None`` draws it from the
+        global schedule."""
         cfg = self.prefix_cfg
         uid = row_uid(kwargs)
         step = int(_plain(kwargs.get("global_steps", 0)))
@@ -421,7 +449,8 @@ class PrefixRFTAgentLoop(SingleTurnAgentLoop):
         if not demos:
             return PrefixPlan(demo_text=None, demo_index=-1, ratio=-1.0, cache_key=())
         idx = choose_demo(len(demos), seed=cfg.seed, uid=uid, step=step, sample_index=session)
-        ratio = sample_prefix_ratio(step, cfg.ratio, seed=cfg.seed, uid=uid, sample_index=session)
+        if ratio is None:
+            ratio = sample_prefix_ratio(step, cfg.ratio, seed=cfg.seed, uid=uid, sample_index=session)
         return PrefixPlan(demo_text=demos[idx], demo_index=idx, ratio=ratio, cache_key=(uid, idx))
 
     async def demo_ids(

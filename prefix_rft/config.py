@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from prefix_rft.core.guidance import COLD_START_RULES, GUIDANCE_MODES
+
 SCHEDULES = ("cosine", "linear", "const")
 SAMPLERS = ("uniform", "beta")
 ENTROPY_SCOPES = ("mini_batch", "batch", "micro_batch")
@@ -140,6 +142,46 @@ class AdvantageConfig:
 
 
 @dataclass
+class GuidanceConfig:
+    """Which prompts get their demo prefix, and how long (per-prompt rules after the paper).
+
+    The equations are in :mod:`prefix_rft.core.guidance`. ``S_p`` is a prompt's running on-policy success
+    rate, ``r_p`` its own prefix ratio (``adaptive``).
+
+    Attributes:
+        mode: ``schedule`` (every training prompt gets its ``num_prefixed`` hybrid rollouts, ratio from the
+            global schedule: the paper), ``on_failure`` (only prompts with ``S_p <= threshold``, ratio from
+            the global schedule: BREAD's rule) or ``adaptive`` (only prompts with ``S_p < target``, at their
+            own ratio ``r_p``, moved toward a hybrid success of ``target``). Default ``schedule``.
+        threshold: ``on_failure``: guide while ``S_p`` is at or below this. Default 0.0 (guide only prompts
+            whose on-policy rollouts all failed).
+        cold_start: what a prompt with no on-policy rollout scored yet gets: ``guide`` (treated as failed:
+            guided, at ``init_ratio`` in ``adaptive``) or ``skip`` (treated as solved: no prefix until a
+            visit says otherwise). Default ``guide``.
+        success_score: a rollout counts as a success when its score is at least this. Default 1.0 (the
+            math reward's correct answer).
+        success_ema: weight ``beta`` of the newest visit in ``S_p``. Default 1.0 (the last visit alone).
+        target: ``adaptive``: the hybrid success the controller holds, in (0, 1). Default 0.5.
+        step_size: ``adaptive``: ``eta`` of ``r_p <- clip(r_p + eta (target - y), 0, max_ratio)``. Default 0.2.
+        init_ratio: ``adaptive``: ``r_p`` of a prompt never seen. Default 0.5.
+        max_ratio: ``adaptive``: upper bound of ``r_p``. Default 0.95 (the paper's ``high``).
+        cap_by_schedule: ``adaptive``: use ``min(r_p, low_t)`` with the global schedule's ``low_t``, so the
+            guidance fades as the paper's does. Default false.
+    """
+
+    mode: str = "schedule"
+    threshold: float = 0.0
+    cold_start: str = "guide"
+    success_score: float = 1.0
+    success_ema: float = 1.0
+    target: float = 0.5
+    step_size: float = 0.2
+    init_ratio: float = 0.5
+    max_ratio: float = 0.95
+    cap_by_schedule: bool = False
+
+
+@dataclass
 class PrefixRFTConfig:
     """The whole ``prefix_rft:`` block.
 
@@ -161,6 +203,7 @@ class PrefixRFTConfig:
         entropy_clip: see :class:`EntropyClipConfig`.
         loss: see :class:`PrefixLossConfig`.
         advantage: see :class:`AdvantageConfig`.
+        guidance: per-prompt guidance, see :class:`GuidanceConfig`.
     """
 
     num_prefixed: int = 1
@@ -172,6 +215,7 @@ class PrefixRFTConfig:
     entropy_clip: EntropyClipConfig = field(default_factory=EntropyClipConfig)
     loss: PrefixLossConfig = field(default_factory=PrefixLossConfig)
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
 
     def validate(self, rollout_n: int | None = None) -> PrefixRFTConfig:
         """Check every value's type and range; raise :class:`PrefixRFTConfigError` naming the key and the fix."""
@@ -310,7 +354,59 @@ class PrefixRFTConfig:
             "false with advantage.mode=dr_grpo_prefix (a Dr.GRPO estimator: no std; its raw-reward "
             "continuation term has no group to take a std over)",
         )
+        self._validate_guidance()
         return self
+
+    def _validate_guidance(self) -> None:
+        g = self.guidance
+        _check(g.mode in GUIDANCE_MODES, "guidance.mode", g.mode, f"one of {GUIDANCE_MODES}")
+        _check(
+            not (g.mode != "schedule" and self.num_prefixed == 0),
+            "guidance.mode",
+            g.mode,
+            "schedule with num_prefixed=0 (there is no hybrid rollout to guide; set num_prefixed >= 1)",
+        )
+        _check(
+            _is_num(g.threshold) and 0.0 <= g.threshold < 1.0,
+            "guidance.threshold",
+            g.threshold,
+            "a float in [0, 1) (0 = guide only prompts whose on-policy rollouts all failed)",
+        )
+        _check(
+            g.cold_start in COLD_START_RULES,
+            "guidance.cold_start",
+            g.cold_start,
+            f"one of {COLD_START_RULES}",
+        )
+        _check(
+            _is_num(g.success_score), "guidance.success_score", g.success_score, "a number (a reward score)"
+        )
+        _check(
+            _is_num(g.success_ema) and 0.0 < g.success_ema <= 1.0,
+            "guidance.success_ema",
+            g.success_ema,
+            "a float in (0, 1] (1 = the last visit alone)",
+        )
+        _check(_is_num(g.target) and 0.0 < g.target < 1.0, "guidance.target", g.target, "a float in (0, 1)")
+        _check(_is_num(g.step_size) and g.step_size > 0.0, "guidance.step_size", g.step_size, "a float > 0")
+        _check(
+            _is_num(g.max_ratio) and 0.0 < g.max_ratio <= 1.0,
+            "guidance.max_ratio",
+            g.max_ratio,
+            "a float in (0, 1]",
+        )
+        _check(
+            _is_num(g.init_ratio) and 0.0 <= g.init_ratio <= g.max_ratio,
+            "guidance.init_ratio",
+            g.init_ratio,
+            f"a float in [0, guidance.max_ratio={g.max_ratio}]",
+        )
+        _check(
+            isinstance(g.cap_by_schedule, bool),
+            "guidance.cap_by_schedule",
+            g.cap_by_schedule,
+            "true or false",
+        )
 
 
 def _is_int(value: Any) -> bool:

@@ -71,6 +71,25 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], str, bool]] = [
         True,
     ),
     (
+        "guidance",
+        "Per-prompt guidance",
+        [
+            ("prefix_rft/guided_frac", "prompts guided"),
+            ("prefix_rft/prompt_ratio_mean", "per-prompt ratio: mean"),
+            ("prefix_rft/prompt_ratio_p10", "per-prompt ratio: p10"),
+            ("prefix_rft/prompt_ratio_p90", "per-prompt ratio: p90"),
+        ],
+        "fraction / ratio",
+        False,
+    ),
+    (
+        "demo_tokens",
+        "Demo tokens trained",
+        [("prefix_rft/demo_tokens_trained", "demo tokens with a gradient")],
+        "tokens per step",
+        True,
+    ),
+    (
         "response_length",
         "Response length",
         [

@@ -1,4 +1,4 @@
-"""The Prefix-RFT trainer: verl 0.9.1's synchronous v1 trainer plus four small hooks.
+"""The Prefix-RFT trainer: verl 0.9.1's synchronous v1 trainer plus a few small hooks.
 
 ``PrefixRFTTrainer`` subclasses ``verl.trainer.ppo.v1.trainer_sync.PPOTrainerSync`` and keeps
 ``trainer.v1.trainer_mode=sync`` (``trainer_base.py`` tests that string literally). Every override calls
@@ -28,14 +28,24 @@ data-parallel rank ``r`` (``BatchMeta.chunk``, ``decorator.dispatch_nd_compute_d
 splits its chunk with ``tensordict_utils.make_iterator(mini_batch_size // dp, seed=data_loader_seed + r,
 shuffle=actor.shuffle)`` (``TrainingWorker.train_mini_batch``). Global mini-batch ``j`` = the ``j``-th local
 mini-batch of every rank. :func:`actor_minibatch_group_ids` replays that with the same ``make_iterator``.
+
+Per-prompt guidance (``prefix_rft.guidance.mode`` ``on_failure`` / ``adaptive``, :mod:`prefix_rft.core.guidance`):
+the table of every prompt's state lives here, on the driver, keyed by the agent loop's stable row id
+(:func:`prefix_rft.agent_loop.row_uid`). ``_next_train_batch`` (after verl's) writes each row's decision into
+the batch (:data:`prefix_rft.agent_loop.GUIDED_FIELD` / ``GUIDE_RATIO_FIELD``), so every agent-loop worker on
+every node reads the one decision; ``_compute_advantage`` feeds the step's scores back into the table;
+``_save_checkpoint`` writes it into the checkpoint folder (:data:`GUIDANCE_FILE`) before verl's own files and
+``_load_checkpoint`` reads it back, so a resumed run continues with the exact table.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any
 
+import numpy as np
 import torch
 import transfer_queue as tq
 from tensordict import TensorDict
@@ -47,8 +57,10 @@ from verl.workers.utils.padding import response_to_nested
 
 from prefix_rft.actor_loss import REPLAY_FIELDS
 from prefix_rft.advantage import ESTIMATOR_NAME, prefix_rows
+from prefix_rft.agent_loop import GUIDE_RATIO_FIELD, GUIDED_FIELD, row_uid
 from prefix_rft.config import EntropyClipConfig, PrefixRFTConfig
 from prefix_rft.core.entropy import select_demo_tokens
+from prefix_rft.core.guidance import GuidanceTable
 from prefix_rft.core.schedule import ratio_bounds, stable_seed
 from prefix_rft.verl_config import check_training_rows, validate_verl_config
 
@@ -80,7 +92,20 @@ METRIC_KEYS = (
     "demo_missing",
     "demo_truncated",
 )
-"""Keys logged under ``prefix_rft/`` every step (the metrics listed in recipe/prefix_rft/README.md)."""
+"""Keys of :func:`compute_prefix_metrics`, logged under ``prefix_rft/`` every step (listed in the recipe README)."""
+PROMPT_METRIC_KEYS = (
+    "demo_tokens_trained",
+    "guided_frac",
+    "prompt_ratio_mean",
+    "prompt_ratio_p10",
+    "prompt_ratio_p90",
+)
+"""Keys logged under ``prefix_rft/`` every step next to :data:`METRIC_KEYS` (:func:`compute_guidance_metrics` and
+the demo tokens that get a gradient), in every guidance mode."""
+GUIDANCE_METRIC_KEYS = ("guidance_prompts_seen", "guidance_success_mean", "guidance_ratio_zero_frac")
+"""Keys logged under ``prefix_rft/`` every step when ``guidance.mode`` is not ``schedule`` (the table's state)."""
+GUIDANCE_FILE = "prefix_rft_guidance.json"
+"""The per-prompt guidance table inside each ``global_step_<N>`` checkpoint folder."""
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -232,6 +257,54 @@ def compute_prefix_metrics(
     return {f"prefix_rft/{k}": v for k, v in metrics.items()}
 
 
+def prompt_of(key: str) -> str:
+    """verl's prompt uid of a trajectory key ``"<uid>_<session>_<index>"`` (its rollout-group id)."""
+    return key.split("_", 1)[0]
+
+
+def compute_guidance_metrics(
+    prompts: list[str], is_prefixed: torch.Tensor, prefix_ratio: torch.Tensor
+) -> dict[str, float]:
+    """Per-prompt guidance of one step (real rows): the share of prompts with a prefixed rollout and the
+    per-prompt ratio's mean / p10 / p90, a prompt's ratio being the mean ratio of its prefixed rollouts (0 for
+    a prompt without one). Logged in every mode (``schedule``: every prompt with a demo is guided)."""
+    ratios: dict[str, list[float]] = {p: [] for p in prompts}
+    for p, pre, ratio in zip(prompts, is_prefixed.tolist(), prefix_ratio.tolist(), strict=True):
+        if pre:
+            ratios[p].append(float(ratio))
+    per_prompt = np.array([float(np.mean(r)) if r else 0.0 for r in ratios.values()])
+    if not per_prompt.size:
+        return {
+            f"prefix_rft/{k}": 0.0
+            for k in ("guided_frac", *(f"prompt_ratio_{q}" for q in ("mean", "p10", "p90")))
+        }
+    return {
+        "prefix_rft/guided_frac": float(np.mean([bool(r) for r in ratios.values()])),
+        "prefix_rft/prompt_ratio_mean": float(per_prompt.mean()),
+        "prefix_rft/prompt_ratio_p10": float(np.quantile(per_prompt, 0.1)),
+        "prefix_rft/prompt_ratio_p90": float(np.quantile(per_prompt, 0.9)),
+    }
+
+
+def row_fields(batch: TensorDict, keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Each row's ``keys`` of a dataloader batch, exactly as verl's agent-loop manager hands them to the agent
+    loop (``AgentLoopWorkerTQ.generate_sequences``: a tensor's row, a stack's item, a constant's value)."""
+    from tensordict import NonTensorData, NonTensorStack
+
+    rows: list[dict[str, Any]] = [{} for _ in range(len(batch))]
+    for key, value in batch.items():
+        if key not in keys:
+            continue
+        for i, row in enumerate(rows):
+            if isinstance(value, torch.Tensor):
+                row[key] = value[i]
+            elif isinstance(value, NonTensorStack):
+                row[key] = value[i].data
+            elif isinstance(value, NonTensorData):
+                row[key] = value.data
+    return rows
+
+
 def _merge_meta(new: Any, old: Any) -> Any:
     """Keep the batch-level ``extra_info`` of ``old`` on the KVBatchMeta ``new`` returned by a put."""
     new.extra_info = {**(old.extra_info or {}), **(new.extra_info or {})}
@@ -247,6 +320,9 @@ class PrefixRFTTrainer(PPOTrainerSync):
     def __init__(self, config):
         super().__init__(config)
         self.prefix_cfg: PrefixRFTConfig = validate_verl_config(config)
+        guidance = self.prefix_cfg.guidance
+        self.guidance = GuidanceTable(guidance) if guidance.mode != "schedule" else None
+        self._guided_rows: dict[str, str] = {}  # verl's prompt uid -> row id, for the rows in flight
 
     def _init_dataloader(self):
         """verl's dataloaders; an all-filtered training set fails naming ``data.max_prompt_length``."""
@@ -401,21 +477,102 @@ class PrefixRFTTrainer(PPOTrainerSync):
         )
 
         real = torch.tensor([not tag.get("is_padding", False) for tag in batch.tags], dtype=torch.bool)
+        scores = to_padded(data["rm_scores"], width).float().sum(-1)[real]
+        prefix_ratio = to_rows(data["prefix_ratio"]).float()[real]
         metrics.update(
             compute_prefix_metrics(
                 response_mask=resp[real],
                 prefix_mask=prefix[real],
                 keep_mask=keep[real],
                 entropy=entropy[real],
-                scores=to_padded(data["rm_scores"], width).float().sum(-1)[real],
+                scores=scores,
                 is_prefixed=is_prefixed[real],
-                prefix_ratio=to_rows(data["prefix_ratio"]).float()[real],
+                prefix_ratio=prefix_ratio,
                 demo_missing=to_rows(data["demo_missing"])[real],
                 demo_truncated=to_rows(data["demo_truncated"])[real],
                 bounds=ratio_bounds(self.global_steps, self.prefix_cfg.ratio),
             )
         )
+        loss = self.prefix_cfg.loss
+        trains_demo = loss.prefix_tokens == "train" or loss.sft_coef > 0
+        metrics["prefix_rft/demo_tokens_trained"] = metrics["prefix_rft/kept_tokens"] if trains_demo else 0.0
+        prompts = [prompt_of(key) for key, is_real in zip(batch.keys, real.tolist(), strict=True) if is_real]
+        metrics.update(compute_guidance_metrics(prompts, is_prefixed[real], prefix_ratio))
+        if self.guidance is not None:
+            self._update_guidance(prompts, scores, is_prefixed[real], metrics)
         return new
+
+    # -- (f) per-prompt guidance ---------------------------------------------------------------------
+
+    def _next_train_batch(self, num_prompts: int | None = None) -> TensorDict:
+        """verl's next training batch, each row carrying its guidance decision (not in ``schedule`` mode)."""
+        batch = super()._next_train_batch(num_prompts)
+        if self.guidance is None:
+            return batch
+        low_t, _ = ratio_bounds(self.global_steps, self.prefix_cfg.ratio)
+        guided, ratios = [], []
+        fields = row_fields(batch, ("index", "extra_info", "raw_prompt"))
+        for uid, kwargs in zip(list(batch["uid"]), fields, strict=True):
+            row = row_uid(kwargs)
+            decision = self.guidance.decide(row, low_t)
+            guided.append(int(decision.guided))
+            ratios.append(-1.0 if decision.ratio is None else decision.ratio)
+            self._guided_rows[str(uid)] = row
+        batch[GUIDED_FIELD] = torch.tensor(guided, dtype=torch.int64)
+        batch[GUIDE_RATIO_FIELD] = torch.tensor(ratios, dtype=torch.float64)
+        return batch
+
+    def _update_guidance(
+        self, prompts: list[str], scores: torch.Tensor, is_prefixed: torch.Tensor, metrics: dict
+    ) -> None:
+        """Feed the step's scores into the table (one visit per prompt) and log the table's state."""
+        on_policy: dict[str, list[float]] = {}
+        hybrid: dict[str, list[float]] = {}
+        for prompt, score, pre in zip(prompts, scores.tolist(), is_prefixed.tolist(), strict=True):
+            on_policy.setdefault(prompt, [])
+            hybrid.setdefault(prompt, [])
+            (hybrid if pre else on_policy)[prompt].append(score)
+        for prompt in on_policy:
+            row = self._guided_rows.pop(prompt, None)
+            if row is None:
+                raise RuntimeError(
+                    f"prompt {prompt} was scored but never went through _next_train_batch: the guidance "
+                    "table cannot attribute it to a training row"
+                )
+            self.guidance.update(row, on_policy[prompt], hybrid[prompt])
+        metrics.update({f"prefix_rft/guidance_{k}": v for k, v in self.guidance.summary().items()})
+
+    def _save_checkpoint(self):
+        """verl's checkpoint, with the guidance table written first into the same ``global_step_<N>``."""
+        if self.guidance is not None:
+            folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
+            os.makedirs(folder, exist_ok=True)
+            path = os.path.join(folder, GUIDANCE_FILE)
+            with open(path + ".tmp", "w") as f:
+                json.dump(self.guidance.state_dict(), f)
+            os.replace(path + ".tmp", path)
+        super()._save_checkpoint()
+
+    def _load_checkpoint(self):
+        """verl's resume; then the guidance table saved with the resumed checkpoint."""
+        super()._load_checkpoint()
+        if self.guidance is None or self.global_steps == 0:
+            return
+        trainer = self.config.trainer
+        if trainer.resume_mode == "resume_path":
+            folder = str(trainer.resume_from_path)
+        else:
+            folder = os.path.join(trainer.default_local_dir, f"global_step_{self.global_steps}")
+        path = os.path.join(os.path.abspath(folder), GUIDANCE_FILE)
+        if not os.path.exists(path):
+            logger.warning(
+                f"resumed from {folder} without a guidance table ({GUIDANCE_FILE}; the checkpoint was written "
+                f"with prefix_rft.guidance.mode=schedule or by an older version): every prompt starts unseen"
+            )
+            return
+        with open(path) as f:
+            self.guidance.load_state_dict(json.load(f))
+        logger.info(f"guidance table restored from {path}: {len(self.guidance)} prompts")
 
 
 # ----------------------------------------------------------------------------- task runner
@@ -503,4 +660,7 @@ __all__ = [
     "build_keep_mask",
     "selection_seed",
     "compute_prefix_metrics",
+    "compute_guidance_metrics",
+    "GUIDANCE_FILE",
+    "PROMPT_METRIC_KEYS",
 ]

@@ -42,6 +42,11 @@ EXPECTED_METRICS = (
     "continuation_length",
     "demo_missing",
     "demo_truncated",
+    "demo_tokens_trained",
+    "guided_frac",
+    "prompt_ratio_mean",
+    "prompt_ratio_p10",
+    "prompt_ratio_p90",
 )
 
 
@@ -140,6 +145,7 @@ def test_demo_tokens_present_and_kept_fraction_matches_top_ratio(runs):
         assert m["prefix_rft/prefixed_frac"] == pytest.approx(1 / N), (
             f"step {step}: 1 of {N} rollouts prefixed"
         )
+        assert m["prefix_rft/guided_frac"] == 1.0, f"step {step}: schedule mode guides every prompt"
         assert m["prefix_rft/prefix_token_frac"] > 0, f"step {step}: no demo tokens in the batch"
         kept, frac = m["prefix_rft/kept_tokens"], m["prefix_rft/kept_frac"]
         total_demo_tokens = round(kept / frac)

@@ -118,3 +118,28 @@ def test_cli_rejects_bad_smooth(verl_jsonl, tmp_path, capsys, k):
     with pytest.raises(SystemExit) as e:
         main([verl_jsonl, "--out", str(tmp_path / "o"), "--smooth", k])
     assert e.value.code == 2 and "--smooth must be a window of >= 1 steps" in capsys.readouterr().err
+
+
+def test_guidance_panels_are_drawn_when_logged(tmp_path, monkeypatch):
+    """A run with per-prompt guidance (prefix_rft.guidance.mode) gets its guidance and demo-token panels."""
+    from verl.utils.tracking import FileLogger
+
+    path = tmp_path / "guided.jsonl"
+    monkeypatch.setenv("VERL_FILE_LOGGER_PATH", str(path))
+    logger = FileLogger("proj", "exp")
+    for step in range(1, 11):
+        m = _metrics(step, with_entropy=False)
+        m.update(
+            {
+                "prefix_rft/guided_frac": 1.0 - step / 20,
+                "prefix_rft/prompt_ratio_mean": 0.5,
+                "prefix_rft/prompt_ratio_p10": 0.0,
+                "prefix_rft/prompt_ratio_p90": 0.8,
+                "prefix_rft/demo_tokens_trained": 40.0 - step,
+            }
+        )
+        logger.log(m, step=step)
+    logger.finish()
+    names = {os.path.basename(p) for p in plot_run(str(path), str(tmp_path / "png"), smooth_k=1)}
+    assert {"guidance.png", "demo_tokens.png"} <= names
+    assert read_jsonl(str(path))["prefix_rft/guided_frac"][-1] == (10, pytest.approx(0.5))

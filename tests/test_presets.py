@@ -82,6 +82,8 @@ EXPECTED = {
     },
     "demos10": {"prefix_rft.demo_fraction": 0.1, "prefix_rft.num_prefixed": 1},
     "weak_demos": {"prefix_rft.demo_key": "weak_demonstrations", "prefix_rft.num_prefixed": 1},
+    "on_failure": {"prefix_rft.guidance.mode": "on_failure", "prefix_rft.guidance.threshold": 0.0},
+    "adaptive": {"prefix_rft.guidance.mode": "adaptive", "prefix_rft.guidance.target": 0.5},
 }
 
 
@@ -93,7 +95,7 @@ def composed(name: str, *overrides: str):
 def test_every_preset_file_has_an_expectation_and_the_helper_lists_them():
     assert list_presets() == sorted(EXPECTED)
     assert preset_path("rft").read_text().startswith("# @package _global_")
-    with pytest.raises(ValueError, match="unknown preset 'nope'; known presets: all_demo_tokens"):
+    with pytest.raises(ValueError, match="unknown preset 'nope'; known presets: adaptive, all_demo_tokens"):
         preset_path("nope")
     assert "no entropy-based clipping" in describe("all_demo_tokens")
     assert main(["nope"]) == 2 and main(["rft"]) == 0

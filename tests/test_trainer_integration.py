@@ -401,6 +401,12 @@ def test_trainer_hooks_on_transfer_queue(transfer_queue):
     trainer.prefix_cfg = validate_verl_config(trainer.config)
     trainer.global_steps = 3
     trainer.actor_rollout_wg = SimpleNamespace(_dispatch_info={"actor": [0, 1]})  # 2 data-parallel ranks
+    # per-prompt guidance on (on_failure), as _next_train_batch would have left it: verl's prompt uid -> row id
+    from prefix_rft.config import from_dict
+    from prefix_rft.core.guidance import GuidanceTable
+
+    trainer.guidance = GuidanceTable(from_dict({"guidance": {"mode": "on_failure"}}).guidance)
+    trainer._guided_rows = {r["uid"]: f"row-{r['uid']}" for r in rows}
 
     metrics: dict = {}
     batch = trainer._neutralise_rollout_log_probs(batch, metrics)
@@ -468,6 +474,19 @@ def test_trainer_hooks_on_transfer_queue(transfer_queue):
     assert torch.equal(replay["prefix_rft_minibatch"].reshape(-1), groups)
     assert replay["prefix_rft_num_minibatches"].reshape(-1).tolist() == [2] * 16
     assert replay["prefix_rft_step"].reshape(-1).tolist() == [3] * 16
+
+    # (f) the guidance table took one visit per prompt, from its real rows' scores (padding rows ignored)
+    assert trainer._guided_rows == {} and len(trainer.guidance) == 3
+    for uid in {r["uid"] for r in rows}:
+        mine = [r for r in rows if r["uid"] == uid]
+        on_policy = [float(r["rm_scores"].sum()) for r in mine if not int(r["is_prefixed"])]
+        state = trainer.guidance.rows[f"row-{uid}"]
+        assert state.visits == 1
+        assert state.success == pytest.approx(sum(s >= 1.0 for s in on_policy) / len(on_policy))
+    assert metrics["prefix_rft/guidance_prompts_seen"] == 3.0
+    assert metrics["prefix_rft/guided_frac"] == pytest.approx(
+        len({r["uid"] for r in rows if int(r["is_prefixed"])}) / 3
+    )
 
     # (d) metrics
     assert {f"prefix_rft/{k}" for k in METRIC_KEYS} <= set(metrics)

@@ -125,6 +125,8 @@ ARMS: dict[str, Arm] = {
     "random20": Arm("rl", "random20", title="ablation: random 20%"),
     "bottom20": Arm("rl", "bottom20", title="ablation: bottom 20%"),
     "uniform_ratio": Arm("rl", "uniform_ratio", title="ablation: uniform ratio"),
+    "on_failure": Arm("rl", "on_failure", title="guidance on failure (not in the paper)"),
+    "adaptive": Arm("rl", "adaptive", title="adaptive guidance (not in the paper)"),
     # not a recipe run: benchmarks/reference_grpo.py (independent Dr.GRPO loop) at the same sizes and seeds
     "reference_rft": Arm("reference", title="reference loop: RFT (independent code)"),
 }
@@ -145,6 +147,8 @@ DEFAULT_ARMS = [
     "rl_sft_loss",
     "all_demo_tokens",
     "freeze_prefix",
+    "on_failure",
+    "adaptive",
 ]
 
 #: Presets whose own ``rollout.n`` is kept: rl_sft_loss adds its demonstration as a 9th sample next to the
@@ -162,6 +166,7 @@ HEALTH_KEYS = {
     "demo_token_frac": "prefix_rft/prefix_token_frac",
     "response_length": "response_length/mean",
     "grad_norm": "actor/grad_norm",
+    "guided_frac": "prefix_rft/guided_frac",  # prompts with a prefixed rollout (per-prompt guidance)
 }
 
 
@@ -697,6 +702,8 @@ def _health_summary(runs: list[dict]) -> dict[str, float]:
         if vals["reward_on_policy"]:
             out["reward_on_policy_first"] = statistics.fmean(vals["reward_on_policy"][:q])
         out["demo_tokens_trained"] = float(sum(vals["demo_tokens_trained"]))
+        if vals["guided_frac"]:
+            out["guided_frac_mean"] = statistics.fmean(vals["guided_frac"])
         return out
 
     rows = [per_run(r) for r in runs]
@@ -901,18 +908,21 @@ def sweep_table(report: dict) -> str:
 def health_table(report: dict) -> str:
     """Per arm, the health of its runs (means over seeds)."""
     lines = [
-        "| method | policy KL / step (mean, max) | responses at cap (last quarter) | entropy (last quarter) | on-policy reward (first → last quarter) | demo tokens trained (total) | s / step |",
-        "|---|---|---|---|---|---|---|",
+        "| method | policy KL / step (mean, max) | responses at cap (last quarter) | entropy (last quarter) | on-policy reward (first → last quarter) | demo tokens trained (total) | vs Prefix-RFT | prompts guided (mean) | s / step |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    reference = (report["arms"].get("prefix_rft", {}).get("health_summary") or {}).get("demo_tokens_trained")
     for arm, a in report["arms"].items():
         h = a.get("health_summary")
         if not h:
             continue
+        tokens = h.get("demo_tokens_trained", 0)
+        relative = f"{tokens / reference:.2f}x" if reference else "–"
         lines.append(
             f"| {ARMS[arm].title} | {h.get('ppo_kl_mean', float('nan')):.4f}, {h.get('ppo_kl_max', float('nan')):.4f} | "
             f"{_pct(h.get('clip_frac_len_last'))} | {h.get('entropy_last', float('nan')):.3f} | "
             f"{_pct(h.get('reward_on_policy_first'))} → {_pct(h.get('reward_on_policy_last'))} | "
-            f"{h.get('demo_tokens_trained', 0):.0f} | {a.get('step_time_s', float('nan')):.1f} |"
+            f"{tokens:.0f} | {relative} | {_pct(h.get('guided_frac_mean'))} | {a.get('step_time_s', float('nan')):.1f} |"
         )
     return "\n".join(lines)
 
