@@ -75,6 +75,31 @@ def test_prefix_rft_block_mirrors_the_dataclass_exactly():
     assert validate_verl_config(recipe_config()) == PrefixRFTConfig()
 
 
+def test_readme_key_table_lists_every_key_with_the_dataclass_default():
+    """recipe/prefix_rft/README.md's "Every prefix_rft key" table: one row per dataclass field, its default as
+    the dataclass writes it (the dataclasses are the one source; the yaml is checked just above)."""
+    import re
+    from pathlib import Path
+
+    def flat(obj, prefix="prefix_rft"):
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            out.update(
+                flat(value, f"{prefix}.{f.name}")
+                if dataclasses.is_dataclass(value)
+                else {f"{prefix}.{f.name}": value}
+            )
+        return out
+
+    def written(value):
+        return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+    readme = (Path(__file__).resolve().parents[1] / "recipe" / "prefix_rft" / "README.md").read_text()
+    table = dict(re.findall(r"^\| `(prefix_rft\.[a-z_.]+)` \| `([^`]*)` \|", readme, re.M))
+    assert table == {key: written(v) for key, v in flat(PrefixRFTConfig()).items()}
+
+
 def test_verl_validates_the_recipe():
     """verl's own start-up checks (batch sizes, dynamic bsz, actor dataclass) accept the recipe."""
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
