@@ -44,7 +44,8 @@ Decisions (for the trainer engineer):
   verl's ``agg_loss(**config.global_batch_info)`` over ``response_mask`` (so unkept prefix tokens stay in
   the denominator, as in the paper's code), rollout IS weights (continuation tokens only), entropy bonus
   (prefix tokens excluded unless ``entropy_bonus_on_prefix``; the denominator is still the global
-  token/sequence count, so micro-batch sums stay exact), KL loss on all response tokens.
+  token/sequence count, so micro-batch sums stay exact), KL loss on every token of the aggregation mask
+  (all response tokens, demo tokens included, except under ``prefix_tokens=exclude``, which drops them).
 
 Metrics: verl's (``actor/pg_loss``, ``actor/pg_clipfrac`` over all response tokens, ``actor/ppo_kl``,
 ``actor/pg_clipfrac_lower``, ``actor/entropy_loss``, ``kl_loss``, ``kl_coef``) plus, logged as

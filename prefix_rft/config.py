@@ -68,8 +68,8 @@ class EntropyClipConfig:
 
     Attributes:
         enable: keep the advantage only on the highest-entropy demo tokens. Default true.
-        top_ratio: fraction k of demo-prefix tokens kept (top ceil(k*N) by old-policy entropy).
-            Default 0.2 (the paper's top-20%).
+        top_ratio: fraction k of demo-prefix tokens kept: ceil(k*N) of the N demo tokens of each ranking
+            group, chosen by ``selection`` on the entropy ``source`` says. Default 0.2 (the paper's top-20%).
         scope: the group the ranking runs over: ``mini_batch`` (paper: each PPO mini-batch),
             ``batch`` (the whole training batch) or ``micro_batch`` (the authors' code; depends on
             micro-batch size; ranked inside the actor loss). Default ``mini_batch``. The scope says

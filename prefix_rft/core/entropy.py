@@ -62,7 +62,8 @@ def select_demo_tokens(
 ) -> torch.Tensor:
     """Keep-mask of the demo-prefix tokens whose advantage survives entropy clipping (paper sec. 3).
 
-    The single home of the selection: the trainer and the actor loss both call it.
+    The one home of the selection the recipe uses: the trainer and the actor loss both call it
+    (:func:`select_top_entropy_distributed` is a cross-rank variant that no recipe path calls).
 
     Args:
         entropy: ``[B, T]`` per-token entropy (the caller decides whose: old or current policy).
