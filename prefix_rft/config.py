@@ -354,10 +354,10 @@ class PrefixRFTConfig:
             "false with advantage.mode=dr_grpo_prefix (a Dr.GRPO estimator: no std; its raw-reward "
             "continuation term has no group to take a std over)",
         )
-        self._validate_guidance()
+        self._validate_guidance(rollout_n)
         return self
 
-    def _validate_guidance(self) -> None:
+    def _validate_guidance(self, rollout_n: int | None) -> None:
         g = self.guidance
         _check(g.mode in GUIDANCE_MODES, "guidance.mode", g.mode, f"one of {GUIDANCE_MODES}")
         _check(
@@ -366,6 +366,14 @@ class PrefixRFTConfig:
             g.mode,
             "schedule with num_prefixed=0 (there is no hybrid rollout to guide; set num_prefixed >= 1)",
         )
+        if rollout_n is not None:
+            _check(
+                g.mode == "schedule" or self.num_prefixed < rollout_n,
+                "guidance.mode",
+                g.mode,
+                f"schedule when num_prefixed={self.num_prefixed} equals actor_rollout_ref.rollout.n={rollout_n} "
+                "(a guided prompt would have no on-policy rollout to measure its success by); or lower num_prefixed",
+            )
         _check(
             _is_num(g.threshold) and 0.0 <= g.threshold < 1.0,
             "guidance.threshold",

@@ -57,11 +57,11 @@ from verl.workers.utils.padding import response_to_nested
 
 from prefix_rft.actor_loss import REPLAY_FIELDS
 from prefix_rft.advantage import ESTIMATOR_NAME, prefix_rows
-from prefix_rft.agent_loop import GUIDE_RATIO_FIELD, GUIDED_FIELD, row_uid
+from prefix_rft.agent_loop import GUIDE_RATIO_FIELD, GUIDED_FIELD, extract_demos, row_uid
 from prefix_rft.config import EntropyClipConfig, PrefixRFTConfig
 from prefix_rft.core.entropy import select_demo_tokens
-from prefix_rft.core.guidance import GuidanceTable
-from prefix_rft.core.schedule import ratio_bounds, stable_seed
+from prefix_rft.core.guidance import Decision, GuidanceTable
+from prefix_rft.core.schedule import keeps_demo, ratio_bounds, stable_seed
 from prefix_rft.verl_config import check_training_rows, validate_verl_config
 
 logger = logging.getLogger(__name__)
@@ -510,11 +510,18 @@ class PrefixRFTTrainer(PPOTrainerSync):
         if self.guidance is None:
             return batch
         low_t, _ = ratio_bounds(self.global_steps, self.prefix_cfg.ratio)
+        cfg = self.prefix_cfg
         guided, ratios = [], []
-        fields = row_fields(batch, ("index", "extra_info", "raw_prompt"))
+        fields = row_fields(batch, ("index", "extra_info", "raw_prompt", cfg.demo_key))
         for uid, kwargs in zip(list(batch["uid"]), fields, strict=True):
             row = row_uid(kwargs)
             decision = self.guidance.decide(row, low_t)
+            # a row the agent loop cannot prefix (demo_fraction, no usable demo) is not guided either
+            usable = keeps_demo(row, seed=cfg.seed, fraction=cfg.demo_fraction) and extract_demos(
+                kwargs.get(cfg.demo_key)
+            )
+            if not usable:
+                decision = Decision(False)
             guided.append(int(decision.guided))
             ratios.append(-1.0 if decision.ratio is None else decision.ratio)
             self._guided_rows[str(uid)] = row
@@ -571,7 +578,13 @@ class PrefixRFTTrainer(PPOTrainerSync):
             )
             return
         with open(path) as f:
-            self.guidance.load_state_dict(json.load(f))
+            state = json.load(f)
+        if state.get("mode") != self.guidance.cfg.mode:
+            logger.warning(
+                f"{path} was saved with prefix_rft.guidance.mode={state.get('mode')} and this run uses "
+                f"{self.guidance.cfg.mode}: the success rates carry over, ratios start at init_ratio where absent"
+            )
+        self.guidance.load_state_dict(state)
         logger.info(f"guidance table restored from {path}: {len(self.guidance)} prompts")
 
 

@@ -150,6 +150,8 @@ def validate_verl_config(cfg: Any) -> PrefixRFTConfig:
         rollout log-prob, and bypass mode skips the old-policy entropy that entropy clipping ranks by);
       * ``loss_agg_mode=seq-mean-token-sum-norm`` (Dr.GRPO, the recipe default) needs an explicit
         positive ``actor.loss_scale_factor`` (never the padded width of a dynamic micro-batch);
+      * per-prompt guidance (``prefix_rft.guidance.mode`` not ``schedule``) needs every group scored: no
+        dynamic sampling (``algorithm.filter_groups.enable``);
       * entropy clipping per mini-batch needs fixed mini-batches across PPO epochs (no shuffling when
         ``ppo_epochs > 1``); per micro-batch it needs the current-policy entropy in the actor.
     """
@@ -198,6 +200,14 @@ def validate_verl_config(cfg: Any) -> PrefixRFTConfig:
                 "and it skips the old-policy entropy that entropy clipping ranks by",
                 "algorithm.rollout_correction.bypass_mode=false",
             )
+    if pcfg.guidance.mode != "schedule" and _select(cfg, "algorithm.filter_groups.enable", False):
+        _fail(
+            "algorithm.filter_groups.enable",
+            True,
+            f"prefix_rft.guidance.mode={pcfg.guidance.mode} learns from every prompt's scores, and dynamic "
+            "sampling drops exactly the groups it needs (all failed, all solved) before they are scored",
+            "algorithm.filter_groups.enable=false, or prefix_rft.guidance.mode=schedule",
+        )
     elif pcfg.advantage.mode != "group":
         pass  # without prefixed rollouts both prefix-aware variants equal the group mean: harmless
 

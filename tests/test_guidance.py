@@ -68,6 +68,15 @@ def test_adaptive_ratio_is_clipped_and_capped_by_the_schedule():
     assert adaptive_ratio(0.5, 0.25, target=0.75, step_size=0.4, max_ratio=0.95) == pytest.approx(0.7)
 
 
+def test_successes_step_the_ratio_to_exactly_zero():
+    """0.5 - 5 x 0.1 is 2.8e-17 in floating point; the rounded controller reaches 0 and stops guiding."""
+    c = cfg(mode="adaptive")
+    s = PromptState(visits=1, success=0.0, ratio=0.5)
+    for _ in range(5):
+        s = update(s, c, [0, 0, 0], [1])
+    assert s.ratio == 0.0 and decide(s, c, 0.9) == Decision(False)
+
+
 def test_on_failure_guides_only_while_the_policy_fails():
     c = cfg(mode="on_failure")
     s = PromptState()
@@ -172,17 +181,35 @@ def test_guidance_needs_a_hybrid_rollout():
         from_dict({"num_prefixed": 0, "guidance": {"mode": "adaptive"}}, rollout_n=8)
 
 
-def test_recipe_refuses_a_bad_target_at_start_up():
-    """The whole recipe, composed as a launch composes it, fails validation naming the key."""
-    from hydra import compose, initialize_config_dir
+def test_guidance_needs_an_on_policy_rollout():
+    with pytest.raises(PrefixRFTConfigError, match=r"num_prefixed=4 equals actor_rollout_ref\.rollout\.n=4"):
+        from_dict({"num_prefixed": 4, "guidance": {"mode": "on_failure"}}, rollout_n=4)
+    assert (
+        from_dict({"num_prefixed": 4}, rollout_n=4).guidance.mode == "schedule"
+    )  # the paper's mode allows it
 
-    from prefix_rft.verl_config import validate_verl_config
+
+def _recipe(*overrides):
+    from hydra import compose, initialize_config_dir
 
     config_dir = os.path.join(os.path.dirname(__file__), "..", "recipe", "prefix_rft", "config")
     with initialize_config_dir(config_dir=os.path.abspath(config_dir), version_base=None):
-        config = compose(
-            config_name="prefix_rft_trainer", overrides=["+preset=adaptive", "prefix_rft.guidance.target=1.5"]
-        )
+        return compose(config_name="prefix_rft_trainer", overrides=list(overrides))
+
+
+def test_recipe_refuses_dynamic_sampling_with_guidance():
+    from prefix_rft.verl_config import validate_verl_config
+
+    with pytest.raises(PrefixRFTConfigError, match=r"algorithm\.filter_groups\.enable=True is incompatible"):
+        validate_verl_config(_recipe("+preset=on_failure", "algorithm.filter_groups.enable=true"))
+    assert validate_verl_config(_recipe("algorithm.filter_groups.enable=true")).guidance.mode == "schedule"
+
+
+def test_recipe_refuses_a_bad_target_at_start_up():
+    """The whole recipe, composed as a launch composes it, fails validation naming the key."""
+    from prefix_rft.verl_config import validate_verl_config
+
+    config = _recipe("+preset=adaptive", "prefix_rft.guidance.target=1.5")
     with pytest.raises(PrefixRFTConfigError, match=r"prefix_rft\.guidance\.target=1\.5"):
         validate_verl_config(config)
 
@@ -316,3 +343,27 @@ def test_guidance_metrics_per_prompt():
     assert m["prefix_rft/prompt_ratio_mean"] == pytest.approx(0.3)
     assert m["prefix_rft/prompt_ratio_p10"] == pytest.approx(np.quantile(per_prompt, 0.1))
     assert m["prefix_rft/prompt_ratio_p90"] == pytest.approx(np.quantile(per_prompt, 0.9))
+
+
+def test_driver_never_guides_a_row_it_cannot_prefix_and_schedule_mode_adds_nothing(tmp_path, monkeypatch):
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+
+    from prefix_rft.agent_loop import GUIDE_RATIO_FIELD, GUIDED_FIELD
+    from prefix_rft.testing.tiny import build_tiny_tokenizer, synthetic_math_rows
+    from prefix_rft.trainer import PrefixRFTTrainer
+
+    rows = synthetic_math_rows(3, seed=4)
+    rows[1]["demonstrations"] = ["   "]  # no usable demo: the agent loop could not prefix it
+    batch = _dataloader_batch(rows, build_tiny_tokenizer(), tmp_path)
+    monkeypatch.setattr(PPOTrainer, "_next_train_batch", lambda self, num_prompts=None: batch.clone())
+    trainer = object.__new__(PrefixRFTTrainer)
+    trainer.global_steps, trainer._guided_rows = 1, {}
+
+    trainer.prefix_cfg = from_dict({"guidance": {"mode": "on_failure"}}, rollout_n=4)
+    trainer.guidance = GuidanceTable(trainer.prefix_cfg.guidance)
+    out = trainer._next_train_batch()
+    assert out[GUIDED_FIELD].tolist() == [1, 0, 1] and out[GUIDE_RATIO_FIELD].tolist() == [-1.0, -1.0, -1.0]
+
+    trainer.prefix_cfg, trainer.guidance, trainer._guided_rows = from_dict({}, rollout_n=4), None, {}
+    out = trainer._next_train_batch()
+    assert set(out.keys()) == set(batch.keys()) and trainer._guided_rows == {}  # the paper's mode: untouched

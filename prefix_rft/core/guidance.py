@@ -82,9 +82,15 @@ def running_success(previous: float | None, observed: float | None, ema: float) 
     return float((1.0 - ema) * previous + ema * observed)
 
 
+RATIO_DECIMALS = 12
+"""Ratios are rounded to this many decimals after each step, so that steps that cancel in exact arithmetic
+(e.g. five successes of 0.1 from 0.5) reach exactly 0 and the prompt stops being guided."""
+
+
 def adaptive_ratio(ratio: float, observed: float, target: float, step_size: float, max_ratio: float) -> float:
-    """One controller step: ``clip(ratio + step_size * (target - observed), 0, max_ratio)``."""
-    return float(min(max(ratio + step_size * (target - observed), 0.0), max_ratio))
+    """One controller step: ``clip(ratio + step_size * (target - observed), 0, max_ratio)``, rounded to
+    :data:`RATIO_DECIMALS` decimals."""
+    return float(min(max(round(ratio + step_size * (target - observed), RATIO_DECIMALS), 0.0), max_ratio))
 
 
 def decide(state: PromptState, cfg: Any, low_t: float) -> Decision:
