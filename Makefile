@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
 # (the e2e one: 2 steps per run, ~2-3 min with Ray start-up). tests/test_benchmarks.py runs the same.
 BENCH_FLAGS := $(if $(QUICK),--quick)
 
-.PHONY: install test lint demo bench bench-e2e bench-learning clean
+.PHONY: install test test-fast lint demo bench bench-e2e bench-learning clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# every tier (tests/conftest.py: unit, integration, e2e); the 25 slowest tests are listed at the end
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --durations=25
+
+# unit + integration: everything but the launches of verl's trainers
+test-fast: install
+	$(PY) -m pytest -q tests -m "not e2e" --durations=10
 
 lint: install
 	$(VENV)/bin/ruff check prefix_rft recipe scripts tests benchmarks
