@@ -237,7 +237,7 @@ def _good_row(**over):
         ({"reward_model": {"ground_truth": "", "style": "rule"}}, "reward_model.ground_truth"),
         ({"prompt": []}, "prompt: must be a non-empty list"),
         ({"prompt": [{"role": "assistant", "content": "x"}]}, "last message must be the user turn"),
-        ({"demonstrations": [1, 2]}, "demonstrations: must be a string or a list of strings"),
+        ({"demonstrations": [1, 2]}, "demonstrations: must be a string, a list of strings or a list of"),
         ({"demonstrations": [""]}, "at least one non-empty"),
         ({"extra_info": {"split": "train"}}, "extra_info.index"),
         ({"data_source": ""}, "data_source"),
