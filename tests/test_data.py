@@ -665,3 +665,29 @@ def test_huge_demo_is_tokenized_only_as_far_as_the_limit_can_keep():
     assert [r["id"] for r in kept] == [1] and kept[0]["demonstrations"] == ["short demo", "x" * 30_000]
     assert report.dropped["demo_too_long"] == 1 and report.demos_dropped_too_long == 1
     assert report.demo_token_percentiles["max"] == 7500  # the kept demos' exact counts
+
+
+def test_cli_prepares_a_50mb_demo_in_under_1gb(tmp_path, tiny_tok_dir):
+    """The CLI end to end on one 50 MB demo with --max-demo-tokens 8192 (before: 85 s, 10 GB peak)."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "src.jsonl"
+    rows = [
+        _openr1_row("What is 1+1?", "2", demo="The answer is 2 " * 3_200_000),  # 51 MB
+        _openr1_row("What is 2+2?", "4", demo="2+2 = \\boxed{4}"),
+    ]
+    src.write_text("\n".join(json.dumps(r) for r in rows))
+    cli = [sys.executable, "-m", "prefix_rft.data", "prepare", "openr1", str(src), "--output-dir"]
+    cli += [str(tmp_path / "o"), "--max-demo-tokens", "8192", "--tokenizer", tiny_tok_dir]
+    # a fresh parent, so ru_maxrss of its children is this command's peak alone
+    probe = (
+        "import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:], capture_output=True).returncode; "
+        "print(rc, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe, *cli], capture_output=True, text=True, timeout=600)
+    rc, peak_kb = map(int, out.stdout.split())
+    assert rc == 0, out.stderr[-2000:]
+    assert peak_kb < 1024 * 1024, f"peak {peak_kb / 1024:.0f} MB"
+    report = json.loads((tmp_path / "o" / "prepare_report.json").read_text())
+    assert report["dropped"] == {"demo_too_long": 1} and report["rows_written"] == 1
