@@ -271,7 +271,9 @@ def test_every_call_is_time_bounded(response):
     start = time.monotonic()
     out = compute_score("math", response, "7")
     elapsed = time.monotonic() - start
-    assert elapsed < 5.0, f"{response}: {elapsed:.1f} s"
+    # the bound is 1 s of the verifier's CPU time: ~1 s of wall clock on a quiet machine, more when other
+    # processes share the cores (never more than reward.MAX_WAIT_S)
+    assert elapsed < 30.0, f"{response}: {elapsed:.1f} s"
     assert out["score"] == 0.0
     if response in SLOW_ANSWERS[:4]:  # minutes unbounded: always cut
         assert out["timeout"] == 1
@@ -282,7 +284,7 @@ def test_timeout_is_configurable_and_correct_answers_still_score():
     assert reward.POOL.wait_warm()
     start = time.monotonic()
     out = compute_score("math", "\\boxed{9999999!}", "7", timeout_s=0.2)
-    assert out["timeout"] == 1 and time.monotonic() - start < 3.0
+    assert out["timeout"] == 1 and time.monotonic() - start < 15.0  # 0.2 CPU-s, even on a loaded machine
     assert reward.POOL.wait_warm()
     assert compute_score("math", "\\boxed{\\frac{1}{2}}", "0.5", timeout_s=30) == {
         "score": 1.0,
@@ -312,7 +314,7 @@ async def test_slow_answers_do_not_stall_other_threads_or_the_event_loop():
         results = await asyncio.gather(*slow)
     tick_task.cancel()
     elapsed = time.monotonic() - start
-    assert [r["timeout"] for r in results] == [1, 1] and elapsed < 5.0
+    assert [r["timeout"] for r in results] == [1, 1] and elapsed < 30.0  # 1 CPU-s each (see above)
     assert ticks > 0.3 * elapsed / 0.01  # the event loop kept running (the GIL was not held)
 
 
