@@ -59,7 +59,10 @@ MAX_POWERS = 8
 """Most ``^``/``**`` operators in one answer."""
 
 TIMEOUT_S = 1.0
-"""Wall-clock bound of one math-verify equivalence check (seconds); overrun = score 0, ``timeout`` 1."""
+"""Bound on one math-verify equivalence check: CPU seconds of the verifier process (wall-clock seconds where
+the process's CPU time cannot be read); overrun = score 0, ``timeout`` 1."""
+MAX_WAIT_S = 60.0
+"""Wall-clock cap of one check however busy the machine is (the verifier is killed past it, ``timeout`` 1)."""
 POOL_SIZE = int(os.environ.get("PREFIX_RFT_REWARD_WORKERS", "4"))
 """Verifier processes per reward process (env ``PREFIX_RFT_REWARD_WORKERS``); callers beyond it queue."""
 
@@ -245,7 +248,10 @@ def _worker_loop(stdin=None, stdout=None) -> None:
 
     stdin, stdout = stdin or sys.stdin.buffer, stdout or sys.stdout.buffer
     _math_verify()
-    _verify_in_process("\\frac{1}{2}", "0.5")  # math-verify's first parse builds its grammars: not in a bound
+    # math-verify's first parse builds its grammars and sympy's first simplification fills its caches
+    # (~0.2 s of CPU): done here, outside any check's bound
+    _verify_in_process("\\frac{1}{2}", "0.5")
+    _verify_in_process("(x+1)^2", "x^2+2x+1")
     stdout.write(b"ready\n")
     stdout.flush()
     for line in stdin:
@@ -256,6 +262,26 @@ def _worker_loop(stdin=None, stdout=None) -> None:
             reply = ("E " + repr(err).replace("\n", " ") + "\n").encode()
         stdout.write(reply)
         stdout.flush()
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` (Linux ``/proc/<pid>/stat``; psutil elsewhere), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime (fields 14, 15 of stat(5))
+    except (OSError, IndexError, ValueError):
+        pass
+    try:
+        import psutil
+
+        t = psutil.Process(pid).cpu_times()
+        return float(t.user + t.system)
+    except Exception:  # noqa: BLE001 - no way to read it: the caller bounds wall-clock time instead
+        return None
 
 
 class VerifyTimeout(Exception):
@@ -302,6 +328,10 @@ class _Worker:
                 self._buf += chunk
         line, self._buf = self._buf.split(b"\n", 1)
         return line
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time (user + system) the verifier process has used, or None where it cannot be read."""
+        return process_cpu_seconds(self.proc.pid)
 
     def kill(self) -> None:
         self.proc.kill()
@@ -356,21 +386,47 @@ class VerifyPool:
             self._started -= 1
         self._top_up()
 
-    def verify(self, pred: str, gold: str, timeout: float) -> bool:
-        """math-verify equivalence within ``timeout`` seconds; raises :class:`VerifyTimeout` past it."""
+    def verify(self, pred: str, gold: str, timeout: float, max_wait: float = MAX_WAIT_S) -> bool:
+        """math-verify equivalence within ``timeout`` CPU seconds of the verifier; :class:`VerifyTimeout` past it.
+
+        The bound is on the verifier's own work, not on the caller's wait: on a busy machine the verifier gets
+        a fraction of a core, so its answer may take many wall-clock seconds while it has used little CPU;
+        it is killed only once its CPU time for this check passes ``timeout`` (or the wait passes
+        ``max_wait`` seconds). Where CPU time is unreadable, ``timeout`` bounds the wall-clock wait.
+        """
         import json
+        import time
 
         worker = self._acquire()
         try:
+            cpu_start = worker.cpu_seconds()
+            started = time.monotonic()
             worker.proc.stdin.write((json.dumps([pred, gold]) + "\n").encode())
-            reply = worker.readline(timeout)
+            while True:
+                cpu_used = 0.0 if cpu_start is None else (worker.cpu_seconds() or cpu_start) - cpu_start
+                # CPU time never runs faster than the wall clock: wait at least the CPU budget left
+                wait = max(timeout - cpu_used, 0.01) if cpu_start is not None else timeout
+                wait = min(wait, max(max_wait - (time.monotonic() - started), 0.0))
+                reply = worker.readline(wait)
+                if reply is not None or worker.proc.poll() is not None:
+                    break
+                cpu_used = 0.0 if cpu_start is None else (worker.cpu_seconds() or cpu_start) - cpu_start
+                if cpu_start is None or cpu_used >= timeout or time.monotonic() - started >= max_wait:
+                    break
         except BaseException:
             self._replace(worker)
             raise
+        if reply is None and worker.proc.poll() is not None:
+            self._replace(worker)
+            raise RuntimeError(f"the verifier process died (exit code {worker.proc.returncode})")
         if reply is None:
             self.kills += 1
             self._replace(worker)
-            raise VerifyTimeout(f"math-verify ran over {timeout} s")
+            raise VerifyTimeout(
+                f"math-verify ran over {timeout} s"
+                + (" of CPU time" if cpu_start is not None else "")
+                + f" ({time.monotonic() - started:.1f} s waited)"
+            )
         self._idle.put(worker)
         if reply.startswith(b"E"):
             raise RuntimeError(f"math-verify failed in the verifier process: {reply[2:].decode()}")
@@ -410,14 +466,54 @@ def math_equal(pred: str, gold: str, timeout_s: float | None = None) -> bool:
     strings return True at once; anything else runs in :data:`POOL` and raises :class:`VerifyTimeout` after
     ``timeout_s`` (default :data:`TIMEOUT_S`). Callers must have checked :func:`guard_reason` on both.
     """
-    if _normalise(pred) == _normalise(gold):
+    if fast_equal(pred, gold):
         return True
     return POOL.verify(pred, gold, TIMEOUT_S if timeout_s is None else float(timeout_s))
 
 
+def fast_equal(pred: str, gold: str) -> bool:
+    """In-process match, no math-verify: equal normalised strings, or equal plain numbers.
+
+    Numbers: integers, decimals, ``a/b`` and ``\\frac{a}{b}`` (``\\dfrac``, ``\\tfrac``), with a sign, as
+    exact fractions (``0.5`` = ``\\frac{1}{2}`` = ``1/2``). Only a match is decided here: anything else goes
+    to math-verify, so a busy machine never turns a plainly correct answer into a timeout.
+    """
+    a, b = _normalise(pred), _normalise(gold)
+    if a == b:
+        return True
+    x, y = _as_number(a), _as_number(b)
+    return x is not None and x == y
+
+
 def _normalise(s: str) -> str:
     s = _TEXT_WRAPPER.sub(r"\1", s)
-    return re.sub(r"\s+", "", s).rstrip(".").replace("\\!", "").replace("\\,", "")
+    s = re.sub(r"\s+", "", s).rstrip(".").replace("\\!", "").replace("\\,", "")
+    return s.strip("$")
+
+
+_DECIMAL = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
+_NUMBER = re.compile(rf"^{_DECIMAL}$")
+_FRACTION = re.compile(
+    rf"^([-+]?)(?:\\[dt]?frac\{{({_DECIMAL})\}}\{{({_DECIMAL})\}}|({_DECIMAL})/({_DECIMAL}))$"
+)
+
+
+def _as_number(s: str):
+    """``s`` (normalised) as an exact :class:`fractions.Fraction` when it is a plain number, else None."""
+    from fractions import Fraction
+
+    if len(s) > MAX_NUMBER_DIGITS:
+        return None
+    if _NUMBER.match(s):
+        return Fraction(s)
+    m = _FRACTION.match(s)
+    if not m:
+        return None
+    num, den = (m.group(2), m.group(3)) if m.group(2) is not None else (m.group(4), m.group(5))
+    if Fraction(den) == 0:
+        return None
+    value = Fraction(num) / Fraction(den)
+    return -value if m.group(1) == "-" else value
 
 
 def choice_letter(content: str) -> str | None:

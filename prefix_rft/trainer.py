@@ -106,6 +106,8 @@ GUIDANCE_METRIC_KEYS = ("guidance_prompts_seen", "guidance_success_mean", "guida
 """Keys logged under ``prefix_rft/`` every step when ``guidance.mode`` is not ``schedule`` (the table's state)."""
 GUIDANCE_FILE = "prefix_rft_guidance.json"
 """The per-prompt guidance table inside each ``global_step_<N>`` checkpoint folder."""
+REWARD_TIMEOUTS_METRIC = "prefix_rft/reward_timeouts"
+"""Also logged every step: how many of the step's answers had their reward check cut by its bound."""
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -549,20 +551,19 @@ class PrefixRFTTrainer(PPOTrainerSync):
             self.guidance.update(row, on_policy[prompt], hybrid[prompt])
         metrics.update({f"prefix_rft/guidance_{k}": v for k, v in self.guidance.summary().items()})
 
-    def _save_checkpoint(self):
-        """verl's checkpoint, with the guidance table written first into the same ``global_step_<N>``."""
-        if self.guidance is not None:
-            folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
-            os.makedirs(folder, exist_ok=True)
-            path = os.path.join(folder, GUIDANCE_FILE)
-            with open(path + ".tmp", "w") as f:
-                json.dump(self.guidance.state_dict(), f)
-            os.replace(path + ".tmp", path)
-        super()._save_checkpoint()
+    def _save_guidance(self, folder: str) -> None:
+        """Write the guidance table into the checkpoint folder (before verl's files and the completion marker,
+        so the marker lists it and a failed save removes it with the rest)."""
+        if self.guidance is None:
+            return
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, GUIDANCE_FILE)
+        with open(path + ".tmp", "w") as f:
+            json.dump(self.guidance.state_dict(), f)
+        os.replace(path + ".tmp", path)
 
-    def _load_checkpoint(self):
-        """verl's resume; then the guidance table saved with the resumed checkpoint."""
-        super()._load_checkpoint()
+    def _load_guidance(self) -> None:
+        """The guidance table saved with the checkpoint verl just resumed from (``self.global_steps``)."""
         if self.guidance is None or self.global_steps == 0:
             return
         trainer = self.config.trainer
@@ -586,6 +587,113 @@ class PrefixRFTTrainer(PPOTrainerSync):
             )
         self.guidance.load_state_dict(state)
         logger.info(f"guidance table restored from {path}: {len(self.guidance)} prompts")
+
+    # ===================================================================================================
+    # Robustness hooks: checkpoints, the metrics file across a resume, reward timeouts. Each calls super()
+    # and delegates to a small module (prefix_rft/checkpoint.py, prefix_rft/metrics_file.py).
+    # ===================================================================================================
+
+    def _save_checkpoint(self):
+        """verl's save, then :data:`prefix_rft.checkpoint.MARKER` written last; a failed save leaves nothing."""
+        from prefix_rft.checkpoint import save_complete
+
+        trainer = self.config.trainer
+        folder = os.path.join(trainer.default_local_dir, f"global_step_{self.global_steps}")
+        async_save = self.config.actor_rollout_ref.actor.get("checkpoint", {}).get("async_save", False)
+        save_verl = super()._save_checkpoint
+
+        def save() -> None:
+            self._save_guidance(folder)
+            save_verl()
+
+        save_complete(folder, self.global_steps, save, write=not async_save)
+
+    def _load_checkpoint(self):
+        """Resume from the newest complete checkpoint, then restore the guidance table saved with it."""
+        self._load_complete_checkpoint()
+        self._load_guidance()
+
+    def _load_complete_checkpoint(self):
+        """verl's resume, from the newest complete checkpoint (:func:`prefix_rft.checkpoint.resolve_resume`)."""
+        from omegaconf import open_dict
+
+        from prefix_rft.checkpoint import check_resume_path, checkpoint_root, resolve_resume
+
+        trainer = self.config.trainer
+        if trainer.resume_mode == "resume_path" and isinstance(trainer.resume_from_path, str):
+            check_resume_path(checkpoint_root(trainer.resume_from_path))
+        if trainer.resume_mode != "auto":
+            return super()._load_checkpoint()
+        folder = resolve_resume(checkpoint_root(trainer.default_local_dir))
+        if folder is None:
+            return super()._load_checkpoint()
+        with open_dict(trainer):  # verl loads exactly this folder; the user's settings come back after
+            mode, path = trainer.resume_mode, trainer.get("resume_from_path")
+            trainer.resume_mode, trainer.resume_from_path = "resume_path", folder
+        try:
+            return super()._load_checkpoint()
+        finally:
+            with open_dict(trainer):
+                trainer.resume_mode, trainer.resume_from_path = mode, path
+
+    def fit(self, agent_loop_manager):
+        """verl's loop; the metrics file keeps the steps up to the checkpoint (:mod:`prefix_rft.metrics_file`)."""
+        from prefix_rft.metrics_file import file_logger_path, lines_to_keep
+
+        self._metric_lines = []
+        if "file" in (self.config.trainer.logger or []):
+            path = file_logger_path(self.config.trainer.project_name, self.config.trainer.experiment_name)
+            self._metric_lines = lines_to_keep(path, self.global_steps)
+        return super().fit(agent_loop_manager)
+
+    def _restore_metric_lines(self) -> None:
+        from prefix_rft.metrics_file import restore_lines
+
+        lines, self._metric_lines = getattr(self, "_metric_lines", []), []
+        file_logger = getattr(getattr(self, "logger", None), "logger", {}).get("file")
+        if file_logger is not None:
+            restore_lines(file_logger, lines)
+
+    def on_validate_begin(self):
+        self._restore_metric_lines()  # the first hook after fit() creates verl's loggers
+        return super().on_validate_begin()
+
+    def on_train_begin(self):
+        self._restore_metric_lines()
+        return super().on_train_begin()
+
+    def _balance_batch(self, batch, metrics, *args, **kwargs):
+        """verl's balancing; first ``prefix_rft/reward_timeouts``: answers whose check overran its bound."""
+        metrics[REWARD_TIMEOUTS_METRIC] = self._count_reward_timeouts(batch)
+        return super()._balance_batch(batch, metrics, *args, **kwargs)
+
+    def _count_reward_timeouts(self, batch) -> float:
+        fields = set(batch.fields or [])
+        name = "timeout" if "timeout" in fields else "extra_fields" if "extra_fields" in fields else None
+        if name is None:
+            return 0.0
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[name])
+        values = data[name]
+        values = values.tolist() if hasattr(values, "tolist") else list(values)
+        real = [not tag.get("is_padding", False) for tag in batch.tags]
+        return count_reward_timeouts(values, real)
+
+
+def count_reward_timeouts(values: list, real: list[bool] | None = None) -> float:
+    """Sum of the reward's ``timeout`` flags over real rows: per-row ``extra_fields`` dicts (whose
+    ``reward_extra_info`` holds what :func:`prefix_rft.reward.compute_score` returned) or the flags themselves.
+    """
+    total = 0.0
+    for i, value in enumerate(values):
+        if real is not None and not real[i]:
+            continue
+        if isinstance(value, dict):
+            value = (value.get("reward_extra_info") or {}).get("timeout", 0)
+        try:
+            total += float(value or 0)
+        except (TypeError, ValueError):
+            continue
+    return total
 
 
 # ----------------------------------------------------------------------------- task runner

@@ -152,6 +152,10 @@ def validate_verl_config(cfg: Any) -> PrefixRFTConfig:
         positive ``actor.loss_scale_factor`` (never the padded width of a dynamic micro-batch);
       * per-prompt guidance (``prefix_rft.guidance.mode`` not ``schedule``) needs every group scored: no
         dynamic sampling (``algorithm.filter_groups.enable``);
+      * with demo prefixes, ``actor_rollout_ref.rollout.n >= 2`` (a group of one has advantage 0) and a
+        training file whose demo column holds at least one usable demonstration;
+      * checkpoints (:func:`check_checkpoints`): ``trainer.default_local_dir`` writable with room for one
+        checkpoint, and a complete checkpoint to resume from when one is expected;
       * entropy clipping per mini-batch needs fixed mini-batches across PPO epochs (no shuffling when
         ``ppo_epochs > 1``); per micro-batch it needs the current-policy entropy in the actor.
     """
@@ -174,6 +178,16 @@ def validate_verl_config(cfg: Any) -> PrefixRFTConfig:
             "trainer.v1.trainer_mode=sync",
         )
 
+    rollout_n = _select(cfg, "actor_rollout_ref.rollout.n")
+    if pcfg.num_prefixed > 0 and rollout_n is not None and int(rollout_n) < 2:
+        _fail(
+            "actor_rollout_ref.rollout.n",
+            rollout_n,
+            f"with prefix_rft.num_prefixed={pcfg.num_prefixed} every group of {rollout_n} rollout is scored "
+            "against its own mean (the group-relative prefix_rft advantage), so every advantage is 0 and "
+            "there is no policy gradient at all",
+            "actor_rollout_ref.rollout.n=8 (the paper), or any value >= 2",
+        )
     if pcfg.num_prefixed > 0:
         est = _select(cfg, "algorithm.adv_estimator")
         if est != ADV_ESTIMATOR_NAME:
@@ -272,7 +286,34 @@ def validate_verl_config(cfg: Any) -> PrefixRFTConfig:
         check_val_files(_select(cfg, "data.val_files"), pcfg.demo_key)
         check_train_files(_select(cfg, "data.train_files"), pcfg.demo_key)
     check_context_length(cfg)
+    check_checkpoints(cfg)
     return pcfg
+
+
+def check_checkpoints(cfg: Any) -> None:
+    """``trainer.default_local_dir`` can take the next checkpoint, and a resume has a complete one to load.
+
+    See :mod:`prefix_rft.checkpoint`; its :class:`~prefix_rft.checkpoint.CheckpointError` is reported as a
+    config error (the same exit as every start-up check).
+    """
+    from prefix_rft.checkpoint import (
+        CheckpointError,
+        check_checkpoint_dir,
+        check_resume_path,
+        checkpoint_root,
+        resolve_resume,
+    )
+
+    try:
+        check_checkpoint_dir(cfg)
+        mode = _select(cfg, "trainer.resume_mode", "auto")
+        local_dir = _select(cfg, "trainer.default_local_dir")
+        if mode == "auto" and local_dir is not None:
+            resolve_resume(checkpoint_root(local_dir))
+        elif mode == "resume_path" and isinstance(_select(cfg, "trainer.resume_from_path"), str):
+            check_resume_path(checkpoint_root(_select(cfg, "trainer.resume_from_path")))
+    except CheckpointError as err:
+        raise PrefixRFTConfigError(str(err)) from err
 
 
 def check_val_files(val_files: Any, demo_key: str) -> None:
@@ -315,15 +356,16 @@ def check_train_files(train_files: Any, demo_key: str, sample_rows: int = TRAIN_
     """Check each ``data.train_files`` parquet at start-up: the demo column exists, and a sample of rows
     follows the data contract (``prefix_rft/data/contract.py``; schema and the demo column's type).
 
-    A wrong ``prefix_rft.demo_key`` would train as plain RFT, a demo column of ints would drop every hybrid
-    sample; both are refused here naming the file, row, key and fix. Files that do not exist yet are
+    A wrong ``prefix_rft.demo_key`` or a demo column that is null / empty in every row would train as plain
+    RFT, a demo column of ints would drop every hybrid sample; all are refused here naming the file, row,
+    key and fix. Files that do not exist yet are
     skipped (verl reports them itself).
     """
     if train_files is None:
         return
     import pyarrow.parquet as pq
 
-    from prefix_rft.data.contract import row_problems
+    from prefix_rft.data.contract import has_usable_demo, row_problems
 
     paths = [train_files] if isinstance(train_files, str) else list(train_files)
     for path in paths:
@@ -339,7 +381,8 @@ def check_train_files(train_files: Any, demo_key: str, sample_rows: int = TRAIN_
                 "column>, or prepare the file with `python -m prefix_rft.data prepare ...`"
             )
         batch = next(parquet.iter_batches(batch_size=sample_rows), None)
-        for row_index, row in enumerate(batch.to_pylist() if batch is not None else []):
+        sample = batch.to_pylist() if batch is not None else []
+        for row_index, row in enumerate(sample):
             problems = row_problems(row, demo_key=demo_key)
             if problems:
                 raise PrefixRFTConfigError(
@@ -349,6 +392,26 @@ def check_train_files(train_files: Any, demo_key: str, sample_rows: int = TRAIN_
                     f"validate_parquet('{path}', demo_key='{demo_key}')\"` lists every bad row), or point "
                     "prefix_rft.demo_key at the right column"
                 )
+        if not any(has_usable_demo(row.get(demo_key)) for row in sample) and not _any_usable_demo(
+            parquet, demo_key
+        ):
+            raise PrefixRFTConfigError(
+                f"data.train_files: {path} has no usable demonstration in column prefix_rft.demo_key="
+                f"{demo_key!r} (all {parquet.metadata.num_rows} rows are null or empty), so no rollout would "
+                "start from a demonstration and the run would be plain RFT. Fix: point prefix_rft.demo_key at "
+                "the column holding the demonstrations, re-prepare the file with `python -m prefix_rft.data "
+                "prepare ...`, or set prefix_rft.num_prefixed=0 to train RFT on purpose"
+            )
+
+
+def _any_usable_demo(parquet: Any, demo_key: str, batch_rows: int = 1024) -> bool:
+    """True as soon as one row of the file's demo column holds a usable demonstration (reads that column only)."""
+    from prefix_rft.data.contract import has_usable_demo
+
+    for batch in parquet.iter_batches(batch_size=batch_rows, columns=[demo_key]):
+        if any(has_usable_demo(value) for value in batch.column(0).to_pylist()):
+            return True
+    return False
 
 
 def check_training_rows(num_rows: int, cfg: Any) -> None:

@@ -237,7 +237,7 @@ def _good_row(**over):
         ({"reward_model": {"ground_truth": "", "style": "rule"}}, "reward_model.ground_truth"),
         ({"prompt": []}, "prompt: must be a non-empty list"),
         ({"prompt": [{"role": "assistant", "content": "x"}]}, "last message must be the user turn"),
-        ({"demonstrations": [1, 2]}, "demonstrations: must be a string or a list of strings"),
+        ({"demonstrations": [1, 2]}, "demonstrations: must be a string, a list of strings or a list of"),
         ({"demonstrations": [""]}, "at least one non-empty"),
         ({"extra_info": {"split": "train"}}, "extra_info.index"),
         ({"data_source": ""}, "data_source"),
@@ -573,3 +573,121 @@ def test_cli_decode_errors_name_file_and_line(tmp_path, capsys, name, content, m
     src.write_bytes(content)
     assert data_main(["prepare", "generic", str(src), "--output-dir", str(tmp_path / "o")]) == 1
     assert message in capsys.readouterr().err
+
+
+def _openr1_row(problem: str, answer, demo="<think>\nok\n</think>\n\\boxed{1}") -> dict:
+    return {
+        "data_source": "openr1",
+        "prompt": [{"role": "user", "content": problem}],
+        "target": [{"role": "assistant", "content": demo}],
+        "ability": "math",
+        "reward_model": {"ground_truth": answer, "style": "rule"},
+        "extra_info": {"index": 0, "split": "default"},
+    }
+
+
+def test_non_finite_and_inexact_float_answers_are_skipped_naming_the_row(tmp_path):
+    """Before: written as `nan`, `inf`, `1000000000000000019884624838656`; `\\boxed{nan}` then scored correct."""
+    src = tmp_path / "src.jsonl"
+    answers = ["7", float("nan"), float("inf"), 1e30, "NaN", 12.0]
+    src.write_text("\n".join(json.dumps(_openr1_row(f"What is {i}?", a)) for i, a in enumerate(answers)))
+    report = prepare_openr1(str(src), output_dir=str(tmp_path / "o"))
+    assert report.rows_written == 2  # "7" and 12.0 -> "12"
+    bad = dict(report.bad_rows)
+    assert set(bad) == {1, 2, 3, 4}
+    assert "nan" in bad[1] and "inf" in bad[2] and "too large to be exact" in bad[3] and "'NaN'" in bad[4]
+    assert report.dropped["missing_answer"] == 4
+    answers_written = [r["reward_model"]["ground_truth"] for r in read_parquet_rows(report.outputs["train"])]
+    assert answers_written == ["7", "12"]
+    # the generic converter applies the same rule
+    gen = tmp_path / "gen.jsonl"
+    gen.write_text(
+        "\n".join(
+            json.dumps({"problem": f"Q{i}", "solution": "s", "answer": a}) for i, a in enumerate(answers)
+        )
+    )
+    report = prepare_generic(str(gen), output_dir=str(tmp_path / "g"))
+    assert report.rows_written == 2 and {i for i, _ in report.bad_rows} == {1, 2, 3, 4}
+
+
+def test_openr1_numeric_demo_and_duplicate_problems_are_skipped_and_counted(tmp_path):
+    """Before: an int demo content became the demo "2"; duplicate problems were written 3 times, uncounted."""
+    src = tmp_path / "src.jsonl"
+    rows = [
+        _openr1_row("What is 1+1?", "2"),
+        _openr1_row("What is 2+2?", "4", demo=2),
+        _openr1_row("What is 1+1?", "2"),
+        _openr1_row("What is 1+1?", "2"),
+        _openr1_row("What is 3+3?", "6"),
+    ]
+    src.write_text("\n".join(json.dumps(r) for r in rows))
+    report = prepare_openr1(str(src), output_dir=str(tmp_path / "o"))
+    assert report.rows_written == 2
+    assert report.dropped["bad_field"] == 1 and report.dropped["duplicate_problem"] == 2
+    bad = dict(report.bad_rows)
+    assert "target[0].content must be a string, got int 2" in bad[1]
+    assert bad[2] == bad[3] == "same problem as source row 0 (kept once)"
+    assert "duplicate_problem=2" in report.render()
+
+
+def test_generic_empty_solution_list_is_skipped_naming_its_source_row(tmp_path):
+    """Before: the empty list aborted the whole run, naming "train row 0" for source row 2."""
+    src = tmp_path / "src.jsonl"
+    rows = [
+        {"problem": "What is 1+1?", "solution": ["\\boxed{2}"], "answer": "2"},
+        {"problem": "What is 2+2?", "solution": ["\\boxed{4}"], "answer": "4"},
+        {"problem": "What is 3+3?", "solution": [], "answer": "6"},
+    ]
+    src.write_text("\n".join(json.dumps(r) for r in rows))
+    report = prepare_generic(str(src), output_dir=str(tmp_path / "o"))
+    assert report.rows_written == 2 and report.dropped["bad_field"] == 1
+    assert report.bad_rows == [(2, "solution column 'solution' is an empty list (no demonstration)")]
+
+
+def test_huge_demo_is_tokenized_only_as_far_as_the_limit_can_keep():
+    """Before: one 50 MB demo with --max-demo-tokens 8192 was tokenized whole (85 s, 10 GB peak)."""
+    from prefix_rft.data.train import PrepareReport, filter_demo_lengths
+
+    longest = []
+
+    def count(texts):  # ~1 token per 4 characters, records the longest text it was given
+        longest.append(max((len(t) for t in texts), default=0))
+        return [len(t) // 4 for t in texts]
+
+    huge = "word " * 10_000_000  # 50 MB
+    rows = [
+        {"demonstrations": [huge], "id": 0},
+        {"demonstrations": ["short demo", "x" * 30_000], "id": 1},
+    ]
+    report = PrepareReport()
+    kept = filter_demo_lengths(rows, count, 8192, report)
+    assert max(longest) <= 16 * 8192  # never more than the window
+    assert [r["id"] for r in kept] == [1] and kept[0]["demonstrations"] == ["short demo", "x" * 30_000]
+    assert report.dropped["demo_too_long"] == 1 and report.demos_dropped_too_long == 1
+    assert report.demo_token_percentiles["max"] == 7500  # the kept demos' exact counts
+
+
+def test_cli_prepares_a_50mb_demo_in_under_1gb(tmp_path, tiny_tok_dir):
+    """The CLI end to end on one 50 MB demo with --max-demo-tokens 8192 (before: 85 s, 10 GB peak)."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "src.jsonl"
+    rows = [
+        _openr1_row("What is 1+1?", "2", demo="The answer is 2 " * 3_200_000),  # 51 MB
+        _openr1_row("What is 2+2?", "4", demo="2+2 = \\boxed{4}"),
+    ]
+    src.write_text("\n".join(json.dumps(r) for r in rows))
+    cli = [sys.executable, "-m", "prefix_rft.data", "prepare", "openr1", str(src), "--output-dir"]
+    cli += [str(tmp_path / "o"), "--max-demo-tokens", "8192", "--tokenizer", tiny_tok_dir]
+    # a fresh parent, so ru_maxrss of its children is this command's peak alone
+    probe = (
+        "import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:], capture_output=True).returncode; "
+        "print(rc, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe, *cli], capture_output=True, text=True, timeout=600)
+    rc, peak_kb = map(int, out.stdout.split())
+    assert rc == 0, out.stderr[-2000:]
+    assert peak_kb < 1024 * 1024, f"peak {peak_kb / 1024:.0f} MB"
+    report = json.loads((tmp_path / "o" / "prepare_report.json").read_text())
+    assert report["dropped"] == {"demo_too_long": 1} and report["rows_written"] == 1

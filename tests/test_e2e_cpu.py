@@ -1,8 +1,11 @@
 """End to end on CPU: verl 0.9.1's real v1 trainer runs Prefix-RFT through the recipe entry point.
 
 Two launches of ``recipe/prefix_rft/main_prefix_rft.py`` (``prefix_rft.cpu.launch``): 2 steps with a
-checkpoint at step 2, then a relaunch with ``total_training_steps=3`` that resumes from it. About 3 minutes
-on 2 cores (most of it Ray / worker start-up).
+checkpoint at step 2, then a relaunch with ``total_training_steps=3`` that resumes from it. Before the
+relaunch a broken newer checkpoint is planted (``global_step_4``: a copy of step 2 with its optimizer file
+deleted, named by the tracker), as a crash or a full disk leaves one: the resume must skip it. Both launches
+log to one metrics file, which must hold every step once. About 3 minutes on 2 cores (most of it Ray /
+worker start-up).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -47,6 +51,7 @@ EXPECTED_METRICS = (
     "prompt_ratio_mean",
     "prompt_ratio_p10",
     "prompt_ratio_p90",
+    "reward_timeouts",
 )
 
 
@@ -76,11 +81,40 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e_cpu")
     assets = build_demo_assets(tmp / "assets", n_train=32, n_val=8, val_with_demos=True)
     ckpt = tmp / "ckpt"
-    first = run_recipe(_common(assets, ckpt, STEPS_FIRST, tmp), workdir=tmp, tag="first", timeout_s=480)
+    metrics_file = tmp / "run.metrics.jsonl"
+    first = run_recipe(
+        _common(assets, ckpt, STEPS_FIRST, tmp),
+        workdir=tmp,
+        tag="first",
+        timeout_s=480,
+        metrics_file=metrics_file,
+    )
     assert first.returncode == 0, f"first run failed:\n{first.log_tail()}"
-    second = run_recipe(_common(assets, ckpt, STEPS_TOTAL, tmp), workdir=tmp, tag="second", timeout_s=480)
+    first_lines = metrics_file.read_text().splitlines()
+    broken = ckpt / "global_step_4"
+    shutil.copytree(ckpt / "global_step_2", broken)
+    optimizer = next((broken / "actor").glob("optim_*.pt"))
+    optimizer.unlink()
+    (ckpt / "latest_checkpointed_iteration.txt").write_text("4")
+    second = run_recipe(
+        _common(assets, ckpt, STEPS_TOTAL, tmp),
+        workdir=tmp,
+        tag="second",
+        timeout_s=480,
+        metrics_file=metrics_file,
+    )
     assert second.returncode == 0, f"resumed run failed:\n{second.log_tail()}"
-    return dict(tmp=tmp, assets=assets, ckpt=ckpt, first=first.metrics, second=second.metrics)
+    return dict(
+        tmp=tmp,
+        assets=assets,
+        ckpt=ckpt,
+        first=first.metrics,
+        second={s: m for s, m in second.metrics.items() if s > STEPS_FIRST},
+        first_lines=first_lines,
+        all_lines=metrics_file.read_text().splitlines(),
+        second_log=Path(second.log_file).read_text(),
+        broken_file=f"{optimizer.parent.name}/{optimizer.name}",
+    )
 
 
 def _train_steps(metrics: dict[int, dict]) -> list[int]:
@@ -114,6 +148,29 @@ def test_steps_and_resume_continue_the_step_counter(runs):
     assert runs["second"][3]["training/global_step"] == 3
     assert (runs["ckpt"] / "global_step_2").is_dir()
     assert (runs["ckpt"] / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
+
+
+def test_metrics_file_holds_every_step_once_across_the_resume(runs):
+    """Before: verl's FileLogger ("wb") and the launcher erased steps 1-2 when the run resumed."""
+    records = [json.loads(line) for line in runs["all_lines"]]
+    train_steps = [r["step"] for r in records if "timing_s/step" in r["data"]]
+    assert train_steps == [1, 2, 3], train_steps
+    # the first run's lines are kept verbatim, in front of the resumed run's
+    assert runs["all_lines"][: len(runs["first_lines"])] == runs["first_lines"]
+    from prefix_rft.plot import read_jsonl  # what `python -m prefix_rft.plot` draws from
+
+    series = read_jsonl(str(runs["tmp"] / "run.metrics.jsonl"))
+    assert [step for step, _ in series["prefix_rft/ratio_low"]] == [1, 2, 3]
+
+
+def test_resume_skips_a_broken_newest_checkpoint_with_a_warning(runs):
+    """Before: FileNotFoundError deep in verl's loader after ~48 s. The tracker named global_step_4, whose
+    optimizer file is missing: the run resumed from global_step_2 and said why."""
+    log = runs["second_log"]
+    assert "Resuming from" in log and "global_step_2, the newest complete checkpoint" in log
+    assert f"global_step_4 is incomplete: {runs['broken_file']} is missing" in log
+    for step in (2, 3):
+        assert (runs["ckpt"] / f"global_step_{step}" / "prefix_rft_checkpoint.json").is_file()
 
 
 def test_every_prefix_metric_exists_and_is_finite(runs):

@@ -97,12 +97,14 @@ def test_two_node_launcher_joins_a_running_cluster_with_a_shared_checkpoint_dir(
     assert single.trainer.nnodes == 1 and "address" not in single.ray_kwargs.ray_init
 
 
-def test_cluster_size_checkpoint_dir_and_retention_follow_the_environment():
-    env = dict(CKPT_DIR="/shared/ck", NNODES="3", MAX_CKPT_TO_KEEP="5")
+def test_cluster_size_checkpoint_dir_and_retention_follow_the_environment(tmp_path):
+    # an absolute folder this user can write: `--cfg job` checks the checkpoint folder as a run does
+    shared = str(tmp_path / "shared" / "ck")
+    env = dict(CKPT_DIR=shared, NNODES="3", MAX_CKPT_TO_KEEP="5")
     cfg = composed(launch("run_prefix_rft_qwen7b_2nodes.sh", **env))
     assert (cfg.trainer.nnodes, cfg.trainer.default_local_dir, cfg.trainer.max_actor_ckpt_to_keep) == (
         3,
-        "/shared/ck",
+        shared,
         5,
     )
 

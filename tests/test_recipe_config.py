@@ -393,10 +393,129 @@ def test_training_files_are_checked_at_start_up(tmp_path):
     ints = write_parquet(rows, str(tmp_path / "ints.parquet"))
     with pytest.raises(
         PrefixRFTConfigError,
-        match=r"ints\.parquet row 0 breaks the data contract: demonstrations: must be a string or a list of "
-        r"strings\. Fix the file .*validate_parquet",
+        match=r"ints\.parquet row 0 breaks the data contract: demonstrations: must be a string, a list of "
+        r"strings or a list of \{'content': str\} messages\. Fix the file .*validate_parquet",
     ):
         validate_verl_config(recipe_config(f"data.train_files=[{ints}]", "data.val_files=null"))
     validate_verl_config(  # plain RFT ignores the demo column
         recipe_config(f"data.train_files={ints}", "data.val_files=null", "prefix_rft.num_prefixed=0")
     )
+
+
+def test_rollout_n_one_with_prefixes_is_refused_naming_rollout_n():
+    """A group of one rollout has advantage 0: no policy gradient at all (before: rc 0, nothing learnt)."""
+    with pytest.raises(
+        PrefixRFTConfigError,
+        match=r"actor_rollout_ref\.rollout\.n=1 is incompatible .*no policy gradient.*Fix: actor_rollout_ref\."
+        r"rollout\.n=8",
+    ):
+        validate_verl_config(recipe_config("actor_rollout_ref.rollout.n=1"))
+    validate_verl_config(recipe_config("actor_rollout_ref.rollout.n=2"))
+
+
+@pytest.mark.parametrize("empty", [None, "", "  ", [], [""], [{"content": ""}]])
+def test_demo_column_without_any_demonstration_is_refused(tmp_path, empty):
+    """An all-null / all-empty demo column would train as plain RFT without a word (before: rc 0)."""
+    from prefix_rft.testing.tiny import synthetic_math_rows, write_parquet
+
+    rows = synthetic_math_rows(300, split="train")  # more than the 256 sampled rows: the whole column is read
+    for row in rows:
+        row["demonstrations"] = empty
+    path = write_parquet(rows, str(tmp_path / "nulls.parquet"))
+    with pytest.raises(
+        PrefixRFTConfigError,
+        match=r"nulls\.parquet has no usable demonstration in column prefix_rft\.demo_key='demonstrations' "
+        r"\(all 300 rows are null or empty\).*plain RFT.*prefix_rft\.num_prefixed=0",
+    ):
+        validate_verl_config(recipe_config(f"data.train_files={path}", "data.val_files=null"))
+    # one usable demo past the sampled rows is enough (the rest count in prefix_rft/demo_missing)
+    demo = "2 + 2 = 4. The answer is \\boxed{4}."
+    if isinstance(empty, list) and empty and isinstance(empty[0], dict):
+        demo = {"content": demo}
+    rows[280]["demonstrations"] = demo if isinstance(empty, str) else [demo]
+    late = write_parquet(rows, str(tmp_path / "late.parquet"))
+    validate_verl_config(recipe_config(f"data.train_files={late}", "data.val_files=null"))
+    validate_verl_config(
+        recipe_config(f"data.train_files={path}", "data.val_files=null", "prefix_rft.num_prefixed=0")
+    )
+
+
+def test_demos_as_content_messages_are_accepted_at_start_up(tmp_path):
+    """``[{"content": ...}]`` demos are documented and read by the agent loop (before: refused as ill-typed)."""
+    from prefix_rft.agent_loop import extract_demos
+    from prefix_rft.testing.tiny import synthetic_math_rows, write_parquet
+
+    rows = synthetic_math_rows(4, split="train")
+    for row in rows:
+        row["demonstrations"] = [{"role": "assistant", "content": text} for text in row["demonstrations"]]
+    path = write_parquet(rows, str(tmp_path / "messages.parquet"))
+    validate_verl_config(recipe_config(f"data.train_files={path}", "data.val_files=null"))
+    assert extract_demos(rows[0]["demonstrations"])  # the agent loop reads the same rows
+    for row in rows:
+        row["demonstrations"] = [{"role": "assistant", "content": 7}]
+    bad = write_parquet(rows, str(tmp_path / "bad_messages.parquet"))
+    with pytest.raises(
+        PrefixRFTConfigError, match=r"bad_messages\.parquet row 0 .*list of \{'content': str\}"
+    ):
+        validate_verl_config(recipe_config(f"data.train_files={bad}", "data.val_files=null"))
+
+
+def _unwritable_dir(tmp_path) -> str:
+    """A checkpoint folder this process cannot create: /sys refuses root too; else a read-only folder."""
+    if os.geteuid() == 0:
+        return "/sys/prefix_rft_checkpoints/run"
+    ro = tmp_path / "read_only"
+    ro.mkdir()
+    ro.chmod(0o555)
+    return str(ro / "run")
+
+
+def test_unwritable_checkpoint_dir_is_refused_at_start_up(tmp_path):
+    """Before: trained, then `OSError: Read-only file system` at the first save. `--cfg job` checks as a run."""
+    ckpt = _unwritable_dir(tmp_path)
+    out = subprocess.run(
+        [sys.executable, str(MAIN), "--cfg", "job", f"trainer.default_local_dir={ckpt}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env=_env(),
+    )
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert f"invalid config: trainer.default_local_dir='{ckpt}' is not writable" in out.stderr
+    assert "Fix: trainer.default_local_dir=" in out.stderr
+    # a run that saves nothing does not need the folder
+    validate_verl_config(recipe_config(f"trainer.default_local_dir={ckpt}", "trainer.save_freq=-1"))
+
+
+def test_checkpoint_disk_without_room_is_refused_at_start_up(tmp_path, monkeypatch):
+    """Before: a full disk failed the first save with an iostream error and no path."""
+    import shutil
+    from collections import namedtuple
+
+    import prefix_rft.checkpoint as ckpt_mod
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"torch_dtype": "bfloat16", "max_position_embeddings": 32768}')
+    with open(model / "model.safetensors", "wb") as f:
+        f.truncate(2 * 10**9)  # a sparse 2 GB weight file: 1e9 bf16 parameters
+    assert (
+        ckpt_mod.estimate_checkpoint_bytes(recipe_config(f"actor_rollout_ref.model.path={model}"))
+        == 12 * 10**9
+    )  # fp32 model + AdamW's two fp32 moments
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(ckpt_mod.shutil, "disk_usage", lambda p: usage(10**12, 10**12 - 5 * 10**9, 5 * 10**9))
+    with pytest.raises(
+        PrefixRFTConfigError,
+        match=r"trainer\.default_local_dir='.*' has 5\.00 GB free .* one checkpoint of this model takes about "
+        r"12\.00 GB",
+    ):
+        validate_verl_config(
+            recipe_config(f"actor_rollout_ref.model.path={model}", f"trainer.default_local_dir={tmp_path}/ck")
+        )
+    monkeypatch.setattr(ckpt_mod.shutil, "disk_usage", lambda p: usage(10**12, 0, 20 * 10**9))
+    validate_verl_config(
+        recipe_config(f"actor_rollout_ref.model.path={model}", f"trainer.default_local_dir={tmp_path}/ck")
+    )
+    assert shutil.disk_usage is not None

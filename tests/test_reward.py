@@ -271,7 +271,9 @@ def test_every_call_is_time_bounded(response):
     start = time.monotonic()
     out = compute_score("math", response, "7")
     elapsed = time.monotonic() - start
-    assert elapsed < 5.0, f"{response}: {elapsed:.1f} s"
+    # the bound is 1 s of the verifier's CPU time: ~1 s of wall clock on a quiet machine, more when other
+    # processes share the cores (never more than reward.MAX_WAIT_S)
+    assert elapsed < 30.0, f"{response}: {elapsed:.1f} s"
     assert out["score"] == 0.0
     if response in SLOW_ANSWERS[:4]:  # minutes unbounded: always cut
         assert out["timeout"] == 1
@@ -282,7 +284,7 @@ def test_timeout_is_configurable_and_correct_answers_still_score():
     assert reward.POOL.wait_warm()
     start = time.monotonic()
     out = compute_score("math", "\\boxed{9999999!}", "7", timeout_s=0.2)
-    assert out["timeout"] == 1 and time.monotonic() - start < 3.0
+    assert out["timeout"] == 1 and time.monotonic() - start < 15.0  # 0.2 CPU-s, even on a loaded machine
     assert reward.POOL.wait_warm()
     assert compute_score("math", "\\boxed{\\frac{1}{2}}", "0.5", timeout_s=30) == {
         "score": 1.0,
@@ -312,5 +314,58 @@ async def test_slow_answers_do_not_stall_other_threads_or_the_event_loop():
         results = await asyncio.gather(*slow)
     tick_task.cancel()
     elapsed = time.monotonic() - start
-    assert [r["timeout"] for r in results] == [1, 1] and elapsed < 5.0
+    assert [r["timeout"] for r in results] == [1, 1] and elapsed < 30.0  # 1 CPU-s each (see above)
     assert ticks > 0.3 * elapsed / 0.01  # the event loop kept running (the GIL was not held)
+
+
+def _correct_answers(n: int) -> list[tuple[str, str]]:
+    """``n`` (gold, response) pairs, all correct: a third plain, a third numeric forms, a third symbolic."""
+    out = []
+    for k in range(1, n + 1):
+        kind = k % 3
+        if kind == 0:
+            out.append((str(k), f"so the answer is \\boxed{{{k}}}."))
+        elif kind == 1:
+            out.append((f"\\frac{{{k}}}{{4}}", f"\\boxed{{{k / 4}}}"))
+        else:  # needs math-verify (sympy): equal, but not as strings or plain numbers
+            out.append((f"x^2+{2 * k}x+{k * k}", f"\\boxed{{(x+{k})^2}}"))
+    return out
+
+
+def test_correct_answers_score_1_on_a_busy_machine():
+    """Before: on a loaded machine, 3 of 24 correct answers scored 0 (the wall-clock bound cut the verifier
+    while it was waiting for a core). Now the bound is the verifier's own CPU time and plain answers never
+    reach it: 300 correct answers from 8 threads, with CPU-bound processes hogging every core, all score 1."""
+    import os
+    import subprocess
+    import sys
+
+    answers = _correct_answers(300)
+    assert reward.POOL.wait_warm()
+    hogs = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3 * (os.cpu_count() or 2))
+    ]
+    try:
+        time.sleep(0.5)
+        before = reward.STATS["timeout"]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            # 0.3 s of verifier CPU per check is ample (each check here needs a few ms); the wall clock under
+            # this load is many times that
+            results = list(pool.map(lambda ga: compute_score("math", ga[1], ga[0], timeout_s=0.3), answers))
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    wrong = [
+        (g, r["pred"], r["timeout"]) for (g, _), r in zip(answers, results, strict=True) if r["score"] != 1.0
+    ]
+    assert not wrong, f"{len(wrong)} of {len(answers)} correct answers scored 0 under load: {wrong[:5]}"
+    assert reward.STATS["timeout"] == before
+
+
+def test_fast_path_decides_plain_matches_in_process():
+    assert reward.fast_equal("0.25", "\\frac{1}{4}") and reward.fast_equal("-1/2", "-\\dfrac{1}{2}")
+    assert reward.fast_equal("$12$", "12") and reward.fast_equal("3.0", "3")
+    assert not reward.fast_equal("0.333", "\\frac{1}{3}")  # left to math-verify, never decided wrong here
+    assert not reward.fast_equal("1/0", "1/0") or reward.fast_equal("1/0", "1/0")  # strings equal: a match
+    assert reward._as_number("1/0") is None

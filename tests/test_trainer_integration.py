@@ -534,3 +534,24 @@ def test_all_prompts_filtered_as_too_long_names_max_prompt_length(tmp_path):
         match=r"gave 0 training rows: every prompt is longer than data\.max_prompt_length=4",
     ):
         trainer._init_dataloader()
+
+
+def test_reward_timeouts_are_counted_per_step_from_reward_extra_info(transfer_queue):
+    """``prefix_rft/reward_timeouts``: the reward's ``timeout`` flags of the step's real rows (before: named by
+    the reward's docstring, emitted by nothing). verl keeps the reward dict per row in
+    ``extra_fields["reward_extra_info"]``; padding rows copy a real row and are not counted."""
+    from prefix_rft.trainer import REWARD_TIMEOUTS_METRIC, count_reward_timeouts
+
+    rows = make_rows(num_prompts=3, seed=5)  # 12 real rows -> 16 with padding (copies of real rows)
+    for i, row in enumerate(rows):
+        timeout = int(i in (0, 1, 7))
+        row["extra_fields"] = {
+            "reward_extra_info": {"score": 0.0, "acc": False, "pred": "", "timeout": timeout}
+        }
+    batch = _put_rollouts(transfer_queue, rows, partition="timeouts")
+    assert sum(t.get("is_padding", False) for t in batch.tags) == 4
+    trainer = PrefixRFTTrainer.__new__(PrefixRFTTrainer)
+    assert trainer._count_reward_timeouts(batch) == 3.0
+    assert REWARD_TIMEOUTS_METRIC == "prefix_rft/reward_timeouts"
+    assert count_reward_timeouts([1, 0, True, None, "x"]) == 2.0  # the colocated reward's plain column
+    assert count_reward_timeouts([{"reward_extra_info": {"timeout": 1}}, {}], real=[False, True]) == 0.0

@@ -221,29 +221,36 @@ def run_recipe(
     timeout_s: float | None = None,
     stream: bool = False,
     tag: str = "run",
+    metrics_file: str | os.PathLike | None = None,
 ) -> RunResult:
     """Run ``recipe/prefix_rft/main_prefix_rft.py`` with :data:`CPU_OVERRIDES` + ``overrides``.
 
     The console output goes to ``workdir/<tag>.log`` (echoed when ``stream``); per-step metrics go to
-    ``workdir/<tag>.metrics.jsonl``, polled while it runs: ``on_step(step, metrics)`` is called once per
-    finished step. Raises ``FileNotFoundError`` if the recipe entry point is missing.
+    ``workdir/<tag>.metrics.jsonl`` (or ``metrics_file``), polled while it runs: ``on_step(step, metrics)`` is
+    called once per step finished by this run. The file is not deleted first: a run that resumes from a
+    checkpoint keeps the earlier steps' lines (the trainer drops those after the checkpoint), a run from
+    scratch starts it anew. Raises ``FileNotFoundError`` if the recipe entry point is missing.
     """
     if not RECIPE_MAIN.exists():
         raise FileNotFoundError(f"recipe entry point {RECIPE_MAIN} not found (run from a full checkout)")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     log_file = workdir / f"{tag}.log"
-    metrics_file = workdir / f"{tag}.metrics.jsonl"
-    metrics_file.unlink(missing_ok=True)
+    metrics_file = Path(metrics_file) if metrics_file is not None else workdir / f"{tag}.metrics.jsonl"
     env = cpu_env(env)
     env["VERL_FILE_LOGGER_PATH"] = str(metrics_file)
     cmd = [sys.executable, str(RECIPE_MAIN), *CPU_OVERRIDES, *overrides]
+    earlier = read_metrics(metrics_file)  # lines of an earlier run (kept on resume): not reported again
     seen: set[int] = set()
     start = time.monotonic()
 
     def poll() -> None:
         for step, data in sorted(read_metrics(metrics_file).items()):
-            if step not in seen and any(k.startswith("timing_s/step") for k in data):
+            if (
+                step not in seen
+                and earlier.get(step) != data
+                and any(k.startswith("timing_s/step") for k in data)
+            ):
                 seen.add(step)
                 if on_step is not None:
                     on_step(step, data)

@@ -11,7 +11,8 @@ A row::
       "ability": str,
       "reward_model": {"ground_truth": str, "style": str},  # ground_truth non-empty
       "extra_info": {"index": int, "split": str, ...},
-      "demonstrations": [str, ...],                         # training rows only (a str is accepted too)
+      "demonstrations": [str, ...],                         # training rows only (also accepted: a str,
+                                                            # or [{"content": str}, ...] messages)
     }
 """
 
@@ -39,6 +40,35 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
         return value.tolist()
     return value
+
+
+def demo_texts(value: Any) -> list[str] | None:
+    """The texts of a demo value, or None when its type is not one the agent loop reads.
+
+    Accepted (as ``prefix_rft.agent_loop.extract_demos`` reads them): a string, a list of strings, a
+    ``{"content": str}`` message or a list of them (strings and messages may mix). Empty texts are kept
+    (the caller decides whether an empty demo is a problem).
+    """
+    value = _plain(value)
+    if isinstance(value, (str, Mapping)):
+        value = [value]
+    if not isinstance(value, list):
+        return None
+    texts = []
+    for item in value:
+        item = _plain(item)
+        if isinstance(item, Mapping):
+            item = item.get("content")
+        if not isinstance(item, str):
+            return None
+        texts.append(item)
+    return texts
+
+
+def has_usable_demo(value: Any) -> bool:
+    """True when a demo value holds at least one non-empty text the agent loop can prefix from."""
+    texts = demo_texts(value) if value is not None else None
+    return bool(texts) and any(t.strip() for t in texts)
 
 
 def row_problems(
@@ -97,9 +127,11 @@ def row_problems(
                 problems.append("extra_info.split: must be a string ('train', 'val', 'test')")
     demos = _plain(row.get(demo_key))
     if demos is not None:
-        items = [demos] if isinstance(demos, str) else demos
-        if not isinstance(items, list) or not all(isinstance(d, str) for d in items):
-            problems.append(f"{demo_key}: must be a string or a list of strings")
+        items = demo_texts(demos)
+        if items is None:
+            problems.append(
+                f"{demo_key}: must be a string, a list of strings or a list of {{'content': str}} messages"
+            )
         elif require_demos is False and any(d.strip() for d in items):
             problems.append(f"{demo_key}: validation rows must carry no demonstrations (drop the column)")
         elif require_demos and not any(d.strip() for d in items):
