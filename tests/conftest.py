@@ -18,6 +18,7 @@ import pytest
 TIERS: dict[str, tuple[str, ...]] = {
     "unit": (
         "test_ablation_core",
+        "test_checkpoint",
         "test_arith_task",
         "test_core_advantage_entropy",
         "test_core_config_isolation",
