@@ -10,6 +10,9 @@ recomputed with transformers (float32).
 
 Each check is a function returning its problems; ``test_checks_catch_broken_records`` feeds them records broken
 the way a wrong splice, budget, log-prob slice or weight sync would break them, and expects them to object.
+A live negative control of the weight sync: ``PREFIX_RFT_VLLM_CPU_SKIP_RELOAD=1 make test-vllm`` (the vLLM
+workers drop every sync after the first) fails ``test_server_generates_from_the_updated_weights``: step 2's
+log-probs then match the initial weights (max diff ~1e-6) and not the weights after step 1 (max ~1.3).
 """
 
 from __future__ import annotations
@@ -281,10 +284,9 @@ def test_rollout_logprobs_match_the_actor(runs):
     for tag in ("first", "second"):
         for step, m in runs["metrics"][tag].items():
             if "training/rollout_probs_diff_max" in m:
-                assert m["training/rollout_probs_diff_max"] < LOGPROB_TOL, (
-                    step,
-                    m["training/rollout_probs_diff_max"],
-                )
+                verl_max = m["training/rollout_probs_diff_max"]
+                print(f"step {step}: verl's training/rollout_probs_diff_max {verl_max:.2e}")
+                assert verl_max < VERL_PROBS_TOL, step
 
 
 def test_server_generates_from_the_updated_weights(runs):
