@@ -23,8 +23,7 @@ from verl.trainer.ppo.core_algos import register_adv_est
 
 from prefix_rft.config import AdvantageConfig
 from prefix_rft.core.advantage import dr_grpo_prefix_advantage, group_advantage, on_policy_baseline_advantage
-
-ESTIMATOR_NAME = "prefix_rft"
+from prefix_rft.verl_config import ADV_ESTIMATOR_NAME as ESTIMATOR_NAME
 
 
 @dataclass

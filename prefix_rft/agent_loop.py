@@ -75,7 +75,7 @@ from verl.workers.rollout.replica import TokenOutput
 from prefix_rft.config import PrefixRFTConfig
 from prefix_rft.core.schedule import choose_demo, keeps_demo, sample_prefix_ratio, stable_seed
 from prefix_rft.core.splice import splice_prefix
-from prefix_rft.verl_config import VALIDATION_SPLITS, context_window, prefix_config_from_verl
+from prefix_rft.verl_config import AGENT_LOOP_NAME, VALIDATION_SPLITS, context_window, prefix_config_from_verl
 
 REASONING_OPEN_TAGS = ("<think>",)
 """Opening tags a chat template may already put at the end of the generation prompt."""
@@ -378,7 +378,7 @@ def continuation_log_probs(
     return [0.0] * prefix_len + server
 
 
-@register("prefix_rft_agent")
+@register(AGENT_LOOP_NAME)
 class PrefixRFTAgentLoop(SingleTurnAgentLoop):
     """Single-turn rollout where the first ``prefix_rft.num_prefixed`` sessions start from a demo prefix."""
 

@@ -15,16 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefix_rft.core.guidance import COLD_START_RULES, GUIDANCE_MODES
+from prefix_rft.core.loss import IS_MODES, PREFIX_TOKEN_MODES
 
 SCHEDULES = ("cosine", "linear", "const")
 SAMPLERS = ("uniform", "beta")
 ENTROPY_SCOPES = ("mini_batch", "batch", "micro_batch")
 ENTROPY_SELECTIONS = ("top", "random", "bottom")
 ENTROPY_SOURCES = ("old", "current")
-IS_MODES = ("ppo", "behavior_one", "luffy")
 ADV_MODES = ("group", "on_policy_baseline", "dr_grpo_prefix")
-RENAMED_ADV_MODES = {"prefix_aware": "on_policy_baseline"}
-PREFIX_TOKEN_MODES = ("train", "freeze", "exclude")
 
 
 class PrefixRFTConfigError(ValueError):
@@ -129,9 +127,9 @@ class AdvantageConfig:
 
     Attributes:
         mode: ``group`` (Dr.GRPO over the whole mixed group: the paper), ``on_policy_baseline`` (every
-            token of every rollout: ``r - mean(on-policy rewards of the group)``; formerly ``prefix_aware``,
-            a name now refused) or ``dr_grpo_prefix`` (the authors' estimator: demo tokens
-            ``r - mean(on-policy rewards)``, the hybrid rollout's generated tokens its raw reward ``r``).
+            token of every rollout: ``r - mean(on-policy rewards of the group)``) or ``dr_grpo_prefix``
+            (the authors' estimator: demo tokens ``r - mean(on-policy rewards)``, the hybrid rollout's
+            generated tokens its raw reward ``r``).
             Default ``group``.
         norm_by_std: divide by the group's std (plain GRPO). Default false (Dr.GRPO); not with
             ``dr_grpo_prefix``.
@@ -338,13 +336,6 @@ class PrefixRFTConfig:
             lo.sft_coef,
             "0 with loss.prefix_tokens=exclude (excluded demo tokens carry no term; use prefix_tokens=freeze)",
         )
-        if a.mode in RENAMED_ADV_MODES:
-            raise PrefixRFTConfigError(
-                f"prefix_rft.advantage.mode={a.mode!r} was renamed to {RENAMED_ADV_MODES[a.mode]!r} (every token "
-                "of every rollout gets r - mean of the group's on-policy rewards); for the authors' estimator "
-                "(demo tokens against that mean, generated tokens their raw reward) use dr_grpo_prefix. Fix: "
-                f"prefix_rft.advantage.mode={RENAMED_ADV_MODES[a.mode]}"
-            )
         _check(a.mode in ADV_MODES, "advantage.mode", a.mode, f"one of {ADV_MODES}")
         _check(isinstance(a.norm_by_std, bool), "advantage.norm_by_std", a.norm_by_std, "true or false")
         _check(

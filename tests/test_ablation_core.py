@@ -148,8 +148,10 @@ def test_dr_grpo_prefix_whole_demo_groups_and_fallback():
         dr_grpo_prefix_advantage(SCORES, ["u"] * 4, HYBRID, torch.tensor([1, 2]), width=5)
 
 
-def test_prefix_aware_is_a_refused_alias_naming_its_new_name():
-    with pytest.raises(PrefixRFTConfigError, match=r"renamed to 'on_policy_baseline'.*use dr_grpo_prefix"):
+def test_unknown_advantage_mode_is_refused_naming_the_modes():
+    with pytest.raises(
+        PrefixRFTConfigError, match=r"advantage\.mode='prefix_aware'.*on_policy_baseline.*dr_grpo_prefix"
+    ):
         from_dict({"advantage": {"mode": "prefix_aware"}})
     assert from_dict({"advantage": {"mode": "dr_grpo_prefix"}}).advantage.mode == "dr_grpo_prefix"
     with pytest.raises(PrefixRFTConfigError, match="prefix_rft.advantage.norm_by_std=True"):
