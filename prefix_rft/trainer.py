@@ -102,8 +102,6 @@ PROMPT_METRIC_KEYS = (
 )
 """Keys logged under ``prefix_rft/`` every step next to :data:`METRIC_KEYS` (:func:`compute_guidance_metrics` and
 the demo tokens that get a gradient), in every guidance mode."""
-GUIDANCE_METRIC_KEYS = ("guidance_prompts_seen", "guidance_success_mean", "guidance_ratio_zero_frac")
-"""Keys logged under ``prefix_rft/`` every step when ``guidance.mode`` is not ``schedule`` (the table's state)."""
 GUIDANCE_FILE = "prefix_rft_guidance.json"
 """The per-prompt guidance table inside each ``global_step_<N>`` checkpoint folder."""
 REWARD_TIMEOUTS_METRIC = "prefix_rft/reward_timeouts"
@@ -276,10 +274,7 @@ def compute_guidance_metrics(
             ratios[p].append(float(ratio))
     per_prompt = np.array([float(np.mean(r)) if r else 0.0 for r in ratios.values()])
     if not per_prompt.size:
-        return {
-            f"prefix_rft/{k}": 0.0
-            for k in ("guided_frac", *(f"prompt_ratio_{q}" for q in ("mean", "p10", "p90")))
-        }
+        return {f"prefix_rft/{k}": 0.0 for k in PROMPT_METRIC_KEYS if k != "demo_tokens_trained"}
     return {
         "prefix_rft/guided_frac": float(np.mean([bool(r) for r in ratios.values()])),
         "prefix_rft/prompt_ratio_mean": float(per_prompt.mean()),

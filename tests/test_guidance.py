@@ -332,12 +332,14 @@ def test_driver_update_attributes_every_scored_prompt_to_its_row():
 def test_guidance_metrics_per_prompt():
     import torch
 
-    from prefix_rft.trainer import compute_guidance_metrics
+    from prefix_rft.trainer import PROMPT_METRIC_KEYS, compute_guidance_metrics
 
     prompts = ["a", "a", "b", "b", "c", "c"]
     is_prefixed = torch.tensor([1, 0, 0, 0, 1, 1])
     ratio = torch.tensor([0.6, -1.0, -1.0, -1.0, 0.2, 0.4])
     m = compute_guidance_metrics(prompts, is_prefixed, ratio)
+    keys = {f"prefix_rft/{k}" for k in PROMPT_METRIC_KEYS if k != "demo_tokens_trained"}
+    assert set(m) == keys == set(compute_guidance_metrics([], torch.tensor([]), torch.tensor([])))
     per_prompt = [0.6, 0.0, 0.3]
     assert m["prefix_rft/guided_frac"] == pytest.approx(2 / 3)
     assert m["prefix_rft/prompt_ratio_mean"] == pytest.approx(0.3)
