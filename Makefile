@@ -55,8 +55,8 @@ test-vllm: install-vllm
 	$(VLLM_PY) -m pytest -q -s -p no:cacheprovider tests_vllm
 
 lint: install
-	$(VENV)/bin/ruff check prefix_rft recipe scripts tests tests_vllm benchmarks
-	$(VENV)/bin/ruff format --check prefix_rft recipe scripts tests tests_vllm benchmarks
+	$(VENV)/bin/ruff check prefix_rft verl_cpu recipe scripts tests tests_vllm benchmarks
+	$(VENV)/bin/ruff format --check prefix_rft verl_cpu recipe scripts tests tests_vllm benchmarks
 
 demo: install
 	$(PY) scripts/cpu_demo.py $(DEMO_ARGS)

@@ -2,9 +2,9 @@
 
 It shares no rollout, advantage or loss code with the project (nothing from ``prefix_rft.core``,
 ``prefix_rft.actor_loss``, ``prefix_rft.advantage``, ``prefix_rft.agent_loop``, ``prefix_rft.trainer``, nor
-the recipe): only the task rows (``prefix_rft.testing.arith``; for ``--benchmark`` the learning benchmark's
-row lists and settings, ``prefix_rft.cpu.learning.train_rows`` / ``val_rows`` / ``SETTINGS``, data only) and
-the cached base model (``prefix_rft.testing.base_model``). ``tests/test_reference_parity.py`` checks that
+the recipe): only the task rows (``benchmarks.fixtures.arith``; for ``--benchmark`` the learning benchmark's
+row lists and settings, ``benchmarks.learning.train_rows`` / ``val_rows`` / ``SETTINGS``, data only) and
+the cached base model (``benchmarks.fixtures.base_model``). ``tests/test_reference_parity.py`` checks that
 one actor update of verl's real actor path with the project's loss equals :func:`ppo_update` here.
 
 The objective, written out by hand (verl's ``loss_agg_mode=seq-mean-token-sum-norm``, the recipe's Dr.GRPO):
@@ -20,7 +20,7 @@ CLI (RFT from the cached base model, avg@4 and greedy accuracy every 4 steps)::
         --max-new-tokens 64 --train-level 2 --eval-rows 128 --out curve.json
 
 The learning benchmark's RFT arm at its exact sizes (:func:`run_benchmark_arm`; the tuned settings of
-``prefix_rft.cpu.learning`` once its sweeps are done, else its ``SETTINGS`` with ``rl_lr = --lr``), written to
+``benchmarks.learning`` once its sweeps are done, else its ``SETTINGS`` with ``rl_lr = --lr``), written to
 ``docs/results/learning/reference/rft_seed<seed>.json`` unless ``--out`` (an existing file is kept unless
 ``--force``)::
 
@@ -341,7 +341,7 @@ BENCH_OUT = REPO / "docs" / "results" / "learning" / "reference"
 
 
 def run_benchmark_arm(settings: dict, seed: int, out: Path, *, threads: int = 1, log=print) -> dict:
-    """The learning benchmark's RFT arm (``prefix_rft.cpu.learning``) with this loop, at its exact sizes.
+    """The learning benchmark's RFT arm (``benchmarks.learning``) with this loop, at its exact sizes.
 
     ``settings`` is the benchmark's (``rl_lr`` set). Training: ``steps`` steps of ``batch_size`` prompts x
     ``rollout_n`` rollouts at temperature 1.0, the rows of ``train_rows(settings)`` read in order (step ``k``
@@ -355,8 +355,8 @@ def run_benchmark_arm(settings: dict, seed: int, out: Path, *, threads: int = 1,
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from prefix_rft.cpu import learning as L
-    from prefix_rft.testing.base_model import build_base_model
+    from benchmarks import learning as L
+    from benchmarks.fixtures.base_model import build_base_model
 
     assert settings["rl_lr"] is not None, "settings without rl_lr (the sweep's choice)"
     assert settings["entropy_coeff"] == 0.0, "this loop has no entropy bonus"
@@ -448,8 +448,8 @@ def main(argv=None) -> dict:
     (when the benchmark's sweeps are unfinished), ``--threads``, ``--out`` and ``--force`` apply."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from prefix_rft.testing import arith
-    from prefix_rft.testing.base_model import build_base_model
+    from benchmarks.fixtures import arith
+    from benchmarks.fixtures.base_model import build_base_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lr", type=float, default=3e-5)
@@ -472,7 +472,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--force", action="store_true", help="with --benchmark: rerun even if --out exists")
     args = ap.parse_args(argv)
     if args.benchmark:
-        from prefix_rft.cpu import learning as L
+        from benchmarks import learning as L
 
         settings = L.tuned_settings() or {**L.SETTINGS, "rl_lr": args.lr}
         out = Path(args.out or BENCH_OUT / f"rft_seed{args.seed}.json")

@@ -5,8 +5,8 @@
 #
 #   bash scripts/bench_e2e_cpu.sh [--steps 6] [--seed 0] [--max-response-length 64] [--out DIR]
 #   bash scripts/bench_e2e_cpu.sh --quick     # 2 steps (1 timed), 32-token responses: checks it runs
-# The last lines are machine-readable: `RESULT <name>=<value>` (prefix_rft/cpu/bench.py RESULT_KEYS).
+# The last lines are machine-readable: `RESULT <name>=<value>` (benchmarks/e2e.py RESULT_KEYS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-exec "$PY" -m prefix_rft.cpu.bench "$@"
+exec "$PY" -m benchmarks.e2e "$@"

@@ -1,7 +1,7 @@
 """``make bench-learning``: the paper's comparison at CPU scale through verl's real trainers.
 
 Phase 1, the sweeps (dev split): the RL learning rate on RFT, the SFT learning rate on SFT
-(``prefix_rft.cpu.learning.SWEEPS``). Phase 2, the comparison (test split): every arm x 3 seeds at the values
+(``benchmarks.learning.SWEEPS``). Phase 2, the comparison (test split): every arm x 3 seeds at the values
 the sweeps chose (``SELECTION_RULE``). Finished runs are skipped (their JSON under
 ``docs/results/learning/``), so an interrupted benchmark resumes, on this machine or another. Writes
 ``docs/results/cpu_learning.{json,md}`` and the PNGs (``--report-dir``).
@@ -25,8 +25,11 @@ import sys
 import time
 from pathlib import Path
 
-from prefix_rft.cpu import learning as L
-from prefix_rft.testing.base_model import build_base_model
+# the repository root (benchmarks/, verl_cpu/): these modules are not part of the installed package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import learning as L  # noqa: E402
+from benchmarks.fixtures.base_model import build_base_model  # noqa: E402
 
 #: ``--quick``: seconds-to-minutes sizes; results under outputs/, never docs/.
 QUICK = {

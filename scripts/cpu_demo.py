@@ -1,10 +1,10 @@
 """CPU demo (``make demo``): Prefix-RFT learns, through verl 0.9.1's v1 trainer, no GPU (2.5-6 min on 2 cores).
 
 It trains the learning benchmark's pretrained base model (a small Qwen2 that partly solves multi-digit
-addition; :func:`prefix_rft.testing.base_model.build_base_model`, built once in 1-2 min and cached under
+addition; :func:`benchmarks.fixtures.base_model.build_base_model`, built once in 1-2 min and cached under
 ``outputs/learning_base``) with the recipe entry point ``recipe/prefix_rft/main_prefix_rft.py``, the
 ``prefix_rft`` preset (the paper's method) and the benchmark's own settings and overrides
-(:mod:`prefix_rft.cpu.learning`: 8 prompts x 8 rollouts per step, one of them prefixed, train prompts of 2 and
+(:mod:`benchmarks.learning`: 8 prompts x 8 rollouts per step, one of them prefixed, train prompts of 2 and
 3 digits with one worked demonstration each, the RL learning rate chosen by the benchmark's sweep). verl
 validates on held-out **test** problems (64 per level, 2 and 3 digits) before the first step and after the
 last one: avg@4 at temperature 0.6, seeded (``prefix_rft.val_seed``), so the "before" number is the same on
@@ -34,13 +34,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from prefix_rft.cpu import learning as L
-from prefix_rft.cpu.launch import REPO_ROOT, format_table, run_recipe, summary_header, summary_row
-from prefix_rft.testing.base_model import build_base_model
+# the repository root (benchmarks/, verl_cpu/): these modules are not part of the installed package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import learning as L  # noqa: E402
+from benchmarks.fixtures.base_model import build_base_model  # noqa: E402
+from benchmarks.launch import REPO_ROOT, format_table, run_recipe, summary_header, summary_row  # noqa: E402
 
 #: RL learning rate used while the benchmark's sweep (``make bench-learning``, ``SWEEPS["rl_lr"]``) has not
 #: chosen one (one of the values it tries). Once the sweep has finished on this checkout (its result JSONs
-#: under docs/results/learning/), :func:`prefix_rft.cpu.learning.tuned_settings` supplies the chosen value.
+#: under docs/results/learning/), :func:`benchmarks.learning.tuned_settings` supplies the chosen value.
 DEMO_RL_LR = 3e-5
 
 #: Demo sizes on top of the benchmark's settings: fewer steps and held-out rows, so that a run fits in ~5 min.
@@ -83,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def demo_settings(steps: int, tuned: dict | None) -> tuple[dict, str]:
     """The benchmark's settings at demo size, with the sweep's RL learning rate (``tuned``, from
-    :func:`prefix_rft.cpu.learning.tuned_settings`) or :data:`DEMO_RL_LR` while there is none; and a line saying
+    :func:`benchmarks.learning.tuned_settings`) or :data:`DEMO_RL_LR` while there is none; and a line saying
     which learning rate is used and why."""
     s = copy.deepcopy(tuned if tuned is not None else L.SETTINGS)
     if tuned is not None and tuned.get("rl_lr") is not None:

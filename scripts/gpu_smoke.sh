@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU smoke test for one GPU, ~5-10 minutes with a 0.5B model: 3 Prefix-RFT steps with vLLM + FSDP through
 # recipe/prefix_rft/main_prefix_rft.py on synthetic arithmetic data with demonstrations, PASS/FAIL per
-# integration point (prefix_rft/smoke.py), then the core and loss benchmarks on cuda.
+# integration point (benchmarks/smoke.py), then the core and loss benchmarks on cuda.
 #
 #   huggingface-cli download Qwen/Qwen2.5-0.5B-Instruct --local-dir ~/models/Qwen2.5-0.5B-Instruct
 #   bash scripts/gpu_smoke.sh ~/models/Qwen2.5-0.5B-Instruct [--out DIR] [--steps 3] [--gpu-mem 0.4]
@@ -17,7 +17,7 @@ if [[ $# -lt 1 || "$1" == -* ]]; then
     exit 2
 fi
 
-"$PYTHON" -m prefix_rft.smoke run "$@"
+"$PYTHON" -m benchmarks.smoke run "$@"
 rc=$?
 if [[ $rc -eq 2 || " $* " == *" --cfg-job "* ]]; then exit "$rc"; fi  # 2: bad arguments
 

@@ -5,14 +5,14 @@
 # NAME is recipe/prefix_rft/config/preset/NAME.yaml, selected with +preset=NAME.
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 if [[ $# -lt 1 || $1 == --list || $1 == -l ]]; then
-    PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python3}" -m prefix_rft.presets --list
+    "${PYTHON:-python3}" "$ROOT/recipe/prefix_rft/presets.py" --list
     [[ $# -ge 1 ]] && exit 0
     echo "usage: bash scripts/run_ablation_qwen7b.sh NAME [hydra overrides...]" >&2
     exit 2
 fi
 PRESET=$1
 shift
-PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python3}" -m prefix_rft.presets "$PRESET" || exit 2
+"${PYTHON:-python3}" "$ROOT/recipe/prefix_rft/presets.py" "$PRESET" || exit 2
 source "$ROOT/scripts/_prefix_rft_common.sh"
 
 METHOD_ARGS=(

@@ -38,6 +38,7 @@ TIERS: dict[str, tuple[str, ...]] = {
         "test_cpu_platform",
         "test_cpu_rollout",
         "test_guidance",
+        "test_install",
         "test_launcher_defaults",
         "test_learning_bench",
         "test_packaging",

@@ -20,11 +20,11 @@ from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from verl.workers.rollout.replica import TokenOutput
 
+from benchmarks.fixtures.tiny import CHAT_TEMPLATE, build_tiny_tokenizer, synthetic_math_rows
 from prefix_rft.agent_loop import DEMO_CACHE, PrefixRFTAgentLoop, row_uid
 from prefix_rft.config import from_dict
 from prefix_rft.core.schedule import sample_prefix_ratio
 from prefix_rft.core.splice import splice_prefix
-from prefix_rft.testing.tiny import CHAT_TEMPLATE, build_tiny_tokenizer, synthetic_math_rows
 
 RESPONSE_LENGTH = 40
 SAMPLING = dict(temperature=1.0, top_p=1.0, top_k=-1, repetition_penalty=1.0, logprobs=True)

@@ -1,4 +1,4 @@
-"""The learning benchmark's task (prefix_rft/testing/arith.py): exact demonstrations, disjoint splits, graded 1."""
+"""The learning benchmark's task (benchmarks/fixtures/arith.py): exact demonstrations, disjoint splits, graded 1."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from benchmarks.fixtures import arith
 from prefix_rft.data.contract import validate_rows
 from prefix_rft.reward import compute_score
-from prefix_rft.testing import arith
 
 
 def test_solution_writes_each_column_with_its_carry():

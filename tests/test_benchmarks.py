@@ -104,7 +104,7 @@ def test_quick_benchmark_prints_every_figure(name):
     bench = BENCHES[name]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    env["PY"] = sys.executable  # scripts/bench_e2e_cpu.sh runs "$PY -m prefix_rft.cpu.bench"
+    env["PY"] = sys.executable  # scripts/bench_e2e_cpu.sh runs "$PY -m benchmarks.e2e"
     # own process group: on a timeout the trainer and Ray processes the e2e bench starts go too
     proc = subprocess.Popen(
         bench.cmd,

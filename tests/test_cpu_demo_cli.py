@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from prefix_rft.cpu import learning as L
-from prefix_rft.cpu.launch import RunResult, summary_header
+from benchmarks import learning as L
+from benchmarks.launch import RunResult, summary_header
 
 ROOT = Path(__file__).resolve().parents[1]
 

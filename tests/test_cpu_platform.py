@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from prefix_rft.cpu.patches import _dedupe_backend
+from verl_cpu.patches import _dedupe_backend
 
 
 @pytest.mark.parametrize(
@@ -28,7 +28,7 @@ def test_dedupe_backend(backend, expected):
 
 
 def test_platform_never_auto_detected_and_device_module_answers_verl_calls():
-    from prefix_rft.cpu.platform import PlatformCPU
+    from verl_cpu.platform import PlatformCPU
 
     p = PlatformCPU()
     assert p.is_platform_available(use_smi_check=True) is False
@@ -68,10 +68,10 @@ def test_cpu_mode_registers_engine_rollout_and_gloo_group():
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29533", RANK="0", WORLD_SIZE="1")
         initialize_global_process_group_ray()  # verl's own call: "cpu:gloo,cpu:gloo"
         t = torch.ones(2); dist.all_reduce(t); print(dist.get_backend(), t.tolist())
-        print(dist.init_process_group.prefix_rft_cpu_patch)
+        print(dist.init_process_group.verl_cpu_patch)
         """,
         VERL_PLATFORM="cpu",
-        VERL_USE_EXTERNAL_MODULES="prefix_rft.cpu.plugin",
+        VERL_USE_EXTERNAL_MODULES="verl_cpu.plugin",
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.split("\n")[:5] == [
@@ -90,9 +90,9 @@ def test_plugin_without_verl_platform_changes_nothing():
         import verl
         from verl.plugin.platform import PlatformRegistry, get_platform
         print("cpu" in PlatformRegistry.registered_names(), get_platform().device_name)
-        print(not hasattr(dist.init_process_group, "prefix_rft_cpu_patch"))
+        print(not hasattr(dist.init_process_group, "verl_cpu_patch"))
         """,
-        VERL_USE_EXTERNAL_MODULES="prefix_rft.cpu.plugin",
+        VERL_USE_EXTERNAL_MODULES="verl_cpu.plugin",
     )
     assert res.returncode == 0, res.stderr[-3000:]
     registered, device = res.stdout.split("\n")[0].split()

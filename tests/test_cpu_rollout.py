@@ -1,4 +1,4 @@
-"""Tests of the ``hf_cpu`` rollout backend (prefix_rft/cpu/rollout*.py) with the tiny local model.
+"""Tests of the ``hf_cpu`` rollout backend (verl_cpu/rollout*.py) with the tiny local model.
 
 The tiny model's random init is near-uniform and (with tied embeddings) greedily repeats one token, so
 the tests scramble its weights (N(0, 0.3)) to get varied, seed-determined outputs.
@@ -12,7 +12,8 @@ import inspect
 import pytest
 import torch
 
-from prefix_rft.cpu.rollout import (
+from benchmarks.fixtures.tiny import build_tiny_model, build_tiny_tokenizer
+from verl_cpu.rollout import (
     ROLLOUT_NAME,
     HFCPUEngineArgs,
     HFCPUReplica,
@@ -21,14 +22,13 @@ from prefix_rft.cpu.rollout import (
     load_hf_model,
     server_actor_name,
 )
-from prefix_rft.cpu.rollout_engine import (
+from verl_cpu.rollout_engine import (
     GenerationRequest,
     HFGenerationEngine,
     SamplingSpec,
     apply_top_k_top_p,
     parse_sampling_params,
 )
-from prefix_rft.testing.tiny import build_tiny_model, build_tiny_tokenizer
 
 PROMPTS = ["What is 3 + 4?", "hi", "We add 2 and 5: 2 + 5 = 7. So"]
 
@@ -143,7 +143,7 @@ def test_verl_registries_resolve_hf_cpu():
     assert {"vllm", "sglang", "trtllm", ROLLOUT_NAME} <= set(
         RolloutReplicaRegistry._registry
     )  # built-ins kept
-    assert _ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] == "prefix_rft.cpu.rollout.HFCPUServerAdapter"
+    assert _ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] == "verl_cpu.rollout.HFCPUServerAdapter"
     with pytest.raises(ValueError, match="Unknown rollout mode"):
         get_rollout_replica_class("hf_cpu_typo")
 

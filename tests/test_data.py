@@ -55,7 +55,7 @@ def offline_hub(monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny_tok_dir(tmp_path_factory):
-    from prefix_rft.testing.tiny import build_tiny_tokenizer
+    from benchmarks.fixtures.tiny import build_tiny_tokenizer
 
     d = str(tmp_path_factory.mktemp("tok"))
     build_tiny_tokenizer(d)
@@ -262,7 +262,7 @@ def test_contract_demo_requirements():
 
 
 def test_validate_parquet_on_tiny_rows(tmp_path):
-    from prefix_rft.testing.tiny import synthetic_math_rows, write_parquet
+    from benchmarks.fixtures.tiny import synthetic_math_rows, write_parquet
 
     path = write_parquet(synthetic_math_rows(4), str(tmp_path / "t.parquet"))
     assert validate_parquet(path, require_demos=True) == 4

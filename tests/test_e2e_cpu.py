@@ -1,6 +1,6 @@
 """End to end on CPU: verl 0.9.1's real v1 trainer runs Prefix-RFT through the recipe entry point.
 
-Two launches of ``recipe/prefix_rft/main_prefix_rft.py`` (``prefix_rft.cpu.launch``): 2 steps with a
+Two launches of ``recipe/prefix_rft/main_prefix_rft.py`` (``benchmarks.launch``): 2 steps with a
 checkpoint at step 2, then a relaunch with ``total_training_steps=3`` that resumes from it. Before the
 relaunch a broken newer checkpoint is planted (``global_step_4``: a copy of step 2 with its optimizer file
 deleted, named by the tracker), as a crash or a full disk leaves one: the resume must skip it. Both launches
@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.launch import build_demo_assets, demo_overrides, run_recipe
 from prefix_rft.core.schedule import ratio_lower_bound
-from prefix_rft.cpu.launch import build_demo_assets, demo_overrides, run_recipe
 
 STEPS_FIRST = 2
 STEPS_TOTAL = 3

@@ -33,7 +33,7 @@ EVAL_FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "eval")
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny model directory and the eval sets prepared from the fixture copies of the public sets."""
-    from prefix_rft.testing.tiny import build_tiny_model
+    from benchmarks.fixtures.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("evalroot")
     model_dir = build_tiny_model(str(root / "model"))

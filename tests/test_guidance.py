@@ -223,7 +223,7 @@ def _dataloader_batch(rows, tokenizer, tmp_path):
     from verl.utils import tensordict_utils as tu
     from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
 
-    from prefix_rft.testing.tiny import write_parquet
+    from benchmarks.fixtures.tiny import write_parquet
 
     path = write_parquet(rows, str(tmp_path / "train.parquet"))
     dataset = RLHFDataset(
@@ -258,9 +258,9 @@ async def test_a_prompt_the_policy_solves_gets_no_prefix_through_the_agent_loop(
     from test_agent_loop import RESPONSE_LENGTH, SAMPLING, RecordingServer, make_loop, trainer_config
     from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
+    from benchmarks.fixtures.tiny import build_tiny_tokenizer, synthetic_math_rows
     from prefix_rft.agent_loop import DEMO_CACHE, GUIDED_FIELD, PrefixRFTAgentLoop, row_uid
     from prefix_rft.core.splice import splice_prefix
-    from prefix_rft.testing.tiny import build_tiny_tokenizer, synthetic_math_rows
     from prefix_rft.trainer import PrefixRFTTrainer
 
     tokenizer = build_tiny_tokenizer()
@@ -350,8 +350,8 @@ def test_guidance_metrics_per_prompt():
 def test_driver_never_guides_a_row_it_cannot_prefix_and_schedule_mode_adds_nothing(tmp_path, monkeypatch):
     from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
+    from benchmarks.fixtures.tiny import build_tiny_tokenizer, synthetic_math_rows
     from prefix_rft.agent_loop import GUIDE_RATIO_FIELD, GUIDED_FIELD
-    from prefix_rft.testing.tiny import build_tiny_tokenizer, synthetic_math_rows
     from prefix_rft.trainer import PrefixRFTTrainer
 
     rows = synthetic_math_rows(3, seed=4)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.launch import build_demo_assets, demo_overrides, run_recipe
 from prefix_rft.config import from_dict
 from prefix_rft.core.guidance import GuidanceTable
-from prefix_rft.cpu.launch import build_demo_assets, demo_overrides, run_recipe
 from prefix_rft.trainer import GUIDANCE_FILE
 
 PROMPTS, N, MINI = 4, 4, 2

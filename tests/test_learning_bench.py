@@ -11,12 +11,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from benchmarks import learning as L
 from benchmarks.controls import compute_shuffled_reward_advantage, shuffle_rows
+from benchmarks.fixtures import arith
+from benchmarks.launch import cpu_env, recipe_presets
 from prefix_rft.advantage import compute_prefix_rft_advantage
 from prefix_rft.agent_loop import with_validation_seed
-from prefix_rft.cpu import learning as L
-from prefix_rft.cpu.launch import cpu_env
-from prefix_rft.testing import arith
 
 
 def _questions(rows):
@@ -147,14 +147,13 @@ def test_report_gains_are_paired_by_seed():
 
 def test_cpu_env_keeps_the_callers_verl_modules_after_the_cpu_plugin():
     env = cpu_env({"VERL_USE_EXTERNAL_MODULES": "benchmarks.controls"})
-    assert env["VERL_USE_EXTERNAL_MODULES"] == "prefix_rft.cpu.plugin,benchmarks.controls"
-    assert cpu_env({})["VERL_USE_EXTERNAL_MODULES"] == "prefix_rft.cpu.plugin"
+    assert env["VERL_USE_EXTERNAL_MODULES"] == "verl_cpu.plugin,benchmarks.controls"
+    assert cpu_env({})["VERL_USE_EXTERNAL_MODULES"] == "verl_cpu.plugin"
 
 
 def test_every_arm_preset_exists_and_sweeps_tune_baselines_only():
-    from prefix_rft.presets import list_presets
 
-    names = set(list_presets())
+    names = set(recipe_presets().list_presets())
     assert all(a.preset in names for a in L.ARMS.values() if a.preset)
     assert {sw["arm"] for sw in L.SWEEPS.values()} == {"rft", "sft"}
     assert set(L.SWEEPS["rl_lr"]["values"]) >= {1e-5, 3e-5, 1e-4, 3e-4}

@@ -26,9 +26,9 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from prefix_rft.cpu import learning as L
-from prefix_rft.cpu.launch import run_recipe
-from prefix_rft.testing.base_model import build_base_model
+from benchmarks import learning as L
+from benchmarks.fixtures.base_model import build_base_model
+from benchmarks.launch import run_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 LEVEL = 2

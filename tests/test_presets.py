@@ -20,13 +20,17 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from benchmarks.launch import recipe_presets
 from prefix_rft.config import PrefixRFTConfigError
 from prefix_rft.core.advantage import on_policy_baseline_advantage
 from prefix_rft.core.loss import aggregate_loss, aggregation_mask, prefix_rft_token_loss
 from prefix_rft.core.schedule import keeps_demo, ratio_bounds
-from prefix_rft.presets import describe, list_presets, main, preset_override, preset_path
 from prefix_rft.trainer import build_keep_mask, selection_seed
 from prefix_rft.verl_config import validate_verl_config
+
+_PRESETS = recipe_presets()
+describe, list_presets, main = _PRESETS.describe, _PRESETS.list_presets, _PRESETS.main
+preset_override, preset_path = _PRESETS.preset_override, _PRESETS.preset_path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(ROOT / "recipe" / "prefix_rft" / "config")

@@ -294,7 +294,7 @@ def test_non_vanilla_policy_loss_is_refused_at_start_up():
 
 
 def test_validation_rows_that_would_be_prefixed_are_refused(tmp_path):
-    from prefix_rft.testing.tiny import synthetic_math_rows, write_parquet
+    from benchmarks.fixtures.tiny import synthetic_math_rows, write_parquet
 
     rows = synthetic_math_rows(3, split="train")  # train rows: demos and split "train"
     reused = write_parquet(rows, str(tmp_path / "train_as_val.parquet"))
@@ -376,7 +376,7 @@ def test_launcher_defaults_python_to_the_repo_venv_and_takes_cfg_job_anywhere(tm
 
 
 def test_training_files_are_checked_at_start_up(tmp_path):
-    from prefix_rft.testing.tiny import synthetic_math_rows, write_parquet
+    from benchmarks.fixtures.tiny import synthetic_math_rows, write_parquet
 
     rows = synthetic_math_rows(4, split="train")
     good = write_parquet(rows, str(tmp_path / "train.parquet"))
@@ -416,7 +416,7 @@ def test_rollout_n_one_with_prefixes_is_refused_naming_rollout_n():
 @pytest.mark.parametrize("empty", [None, "", "  ", [], [""], [{"content": ""}]])
 def test_demo_column_without_any_demonstration_is_refused(tmp_path, empty):
     """An all-null / all-empty demo column would train as plain RFT without a word (before: rc 0)."""
-    from prefix_rft.testing.tiny import synthetic_math_rows, write_parquet
+    from benchmarks.fixtures.tiny import synthetic_math_rows, write_parquet
 
     rows = synthetic_math_rows(300, split="train")  # more than the 256 sampled rows: the whole column is read
     for row in rows:
@@ -442,8 +442,8 @@ def test_demo_column_without_any_demonstration_is_refused(tmp_path, empty):
 
 def test_demos_as_content_messages_are_accepted_at_start_up(tmp_path):
     """``[{"content": ...}]`` demos are documented and read by the agent loop (before: refused as ill-typed)."""
+    from benchmarks.fixtures.tiny import synthetic_math_rows, write_parquet
     from prefix_rft.agent_loop import extract_demos
-    from prefix_rft.testing.tiny import synthetic_math_rows, write_parquet
 
     rows = synthetic_math_rows(4, split="train")
     for row in rows:

@@ -56,7 +56,7 @@ REWARDS = ((1, 0, 0, 1), (0, 0, 0, 1), (1, 1, 1, 1), (0, 1, 0, 0))
 
 
 def overrides(model_dir: str) -> list[str]:
-    """The recipe yaml, the CPU overrides of prefix_rft.cpu.launch, and this test's exact settings."""
+    """The recipe yaml, the CPU overrides of benchmarks.launch, and this test's exact settings."""
     a = "actor_rollout_ref"
     return [
         f"{a}.model.path={model_dir}",
@@ -97,8 +97,8 @@ def load_reference():
 def make_case(tokenizer, hybrid: bool, seed: int) -> dict:
     """Hand-built rollouts: chat prompts of the arith task, random response tokens (the hybrid rows start
     with the task's worked demonstration), fixed 0/1 rewards, and a fixed per-token old log-prob offset."""
-    from prefix_rft.testing import arith
-    from prefix_rft.testing.base_model import render_prompt
+    from benchmarks.fixtures import arith
+    from benchmarks.fixtures.base_model import render_prompt
 
     g = torch.Generator().manual_seed(seed)
     specials = set(tokenizer.all_special_ids)
@@ -285,7 +285,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def parity(tmp_path_factory):
     """Build the tiny model and both batches, run verl's actor on them once, load the reference."""
-    from prefix_rft.testing.tiny import build_tiny_model, build_tiny_tokenizer
+    from benchmarks.fixtures.tiny import build_tiny_model, build_tiny_tokenizer
 
     root = tmp_path_factory.mktemp("parity")
     tokenizer = build_tiny_tokenizer()
@@ -298,7 +298,7 @@ def parity(tmp_path_factory):
     env = dict(os.environ)
     env.update(
         VERL_PLATFORM="cpu",
-        VERL_USE_EXTERNAL_MODULES="prefix_rft.cpu.plugin",
+        VERL_USE_EXTERNAL_MODULES="verl_cpu.plugin",
         PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(_free_port()),

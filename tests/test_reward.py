@@ -216,7 +216,7 @@ async def test_through_verl_reward_manager():
     from verl import DataProto
     from verl.trainer.ppo.reward import load_reward_manager
 
-    from prefix_rft.testing.tiny import build_tiny_tokenizer
+    from benchmarks.fixtures.tiny import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     cfg = OmegaConf.create(

@@ -1,8 +1,8 @@
 """SFT -> RL on CPU through verl's own trainers: verl's SFT trainer, verl's model merger, the recipe.
 
-1. ``prefix_rft.cpu.sft.run_sft``: a few steps of ``verl.trainer.sft_trainer`` (torchrun, the CPU platform)
+1. ``benchmarks.sft.run_sft``: a few steps of ``verl.trainer.sft_trainer`` (torchrun, the CPU platform)
    on the tiny task's demonstrations, then ``python -m verl.model_merger merge --backend fsdp``.
-2. ``prefix_rft.cpu.launch.run_recipe``: one RL step of ``recipe/prefix_rft/main_prefix_rft.py`` (plain RFT,
+2. ``benchmarks.launch.run_recipe``: one RL step of ``recipe/prefix_rft/main_prefix_rft.py`` (plain RFT,
    ``num_prefixed=0``) with ``actor_rollout_ref.model.path`` = the merged model, a checkpoint at step 1 and
    ``lr=0``, so the RL actor's checkpointed weights must be the SFT weights exactly.
 
@@ -17,8 +17,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prefix_rft.cpu.launch import build_demo_assets, demo_overrides, run_recipe
-from prefix_rft.cpu.sft import SftError, run_sft
+from benchmarks.launch import build_demo_assets, demo_overrides, run_recipe
+from benchmarks.sft import SftError, run_sft
 from prefix_rft.data.sft import sft_from_rl_parquet
 
 SFT_STEPS = 4
@@ -82,7 +82,7 @@ def test_rl_starts_from_the_sft_weights(sft_then_rl):
 
 
 def test_run_sft_reports_a_failing_trainer_with_its_log_tail(tmp_path, sft_then_rl, monkeypatch):
-    import prefix_rft.cpu.sft as sft_mod
+    import benchmarks.sft as sft_mod
 
     assets = sft_then_rl["assets"]
     sft_parquet = str(sft_then_rl["tmp"] / "assets" / "data" / "sft_train.parquet")

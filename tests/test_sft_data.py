@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from benchmarks.fixtures.tiny import build_tiny_tokenizer, synthetic_math_rows
 from prefix_rft.data.sft import SFT_FILE_NAME, sft_from_rl_parquet, sft_rows, write_sft_parquet
 from prefix_rft.data.train import prepare_openr1
-from prefix_rft.testing.tiny import build_tiny_tokenizer, synthetic_math_rows
 
 # A Qwen2.5-style template: a default system turn when the chat has none (the case where a per-turn
 # tokenization could drift from the RL prompt).

@@ -15,8 +15,8 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from prefix_rft import smoke
-from prefix_rft.cpu.launch import read_metrics
+from benchmarks import smoke
+from benchmarks.launch import read_metrics
 from prefix_rft.trainer import METRIC_KEYS
 from prefix_rft.verl_config import validate_verl_config
 
@@ -156,7 +156,7 @@ def test_evaluate_cli_prints_pass_fail_lines_and_exit_status(tmp_path, capsys):
 
 
 def _tiny_model(tmp_path: Path) -> str:
-    from prefix_rft.testing.tiny import build_tiny_model
+    from benchmarks.fixtures.tiny import build_tiny_model
 
     return build_tiny_model(str(tmp_path / "model"), seed=0)
 

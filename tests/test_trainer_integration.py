@@ -515,8 +515,8 @@ def test_missing_prefix_fields_error_names_the_agent_loop(transfer_queue):
 
 
 def test_all_prompts_filtered_as_too_long_names_max_prompt_length(tmp_path):
+    from benchmarks.fixtures.tiny import build_tiny_tokenizer, synthetic_math_rows, write_parquet
     from prefix_rft.config import PrefixRFTConfigError
-    from prefix_rft.testing.tiny import build_tiny_tokenizer, synthetic_math_rows, write_parquet
 
     train = write_parquet(synthetic_math_rows(4, split="train"), str(tmp_path / "train.parquet"))
     val = write_parquet(synthetic_math_rows(2, split="test", with_demos=False), str(tmp_path / "val.parquet"))

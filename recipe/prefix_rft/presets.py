@@ -1,11 +1,12 @@
 """Named presets: the paper's baselines and ablations as hydra config-group entries.
 
-Each preset is ``recipe/prefix_rft/config/preset/<NAME>.yaml`` (``# @package _global_``), selected with
-``+preset=NAME`` on the ``recipe/prefix_rft/main_prefix_rft.py`` command line (or
+Each preset is ``config/preset/<NAME>.yaml`` beside this file (``# @package _global_``), selected with
+``+preset=NAME`` on the ``main_prefix_rft.py`` command line (or
 ``bash scripts/run_ablation_qwen7b.sh NAME``). Later command-line overrides win over the preset. The
 launchers, the tests and the CPU benchmark all read these same files.
 
-``python -m prefix_rft.presets`` lists them with their one-line descriptions.
+``python recipe/prefix_rft/presets.py`` lists them with their one-line descriptions. A plain file of the recipe
+(standard library only), run or loaded by path: verl's wheel installs an unrelated top-level ``recipe`` package.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-PRESET_DIR = Path(__file__).resolve().parents[1] / "recipe" / "prefix_rft" / "config" / "preset"
+PRESET_DIR = Path(__file__).resolve().parent / "config" / "preset"
 
 
 def list_presets() -> list[str]:
@@ -43,7 +44,7 @@ def describe(name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m prefix_rft.presets [NAME]``: list every preset, or check one name (exit 2 if unknown)."""
+    """``python recipe/prefix_rft/presets.py [NAME]``: list every preset, or check one name (exit 2 if unknown)."""
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] not in ("--list", "-l"):
         try:

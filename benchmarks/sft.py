@@ -9,9 +9,9 @@ ships no other SFT entry for FSDP: the older ``fsdp_sft_trainer.py`` is gone; ``
 same trainer behind Ray.)
 
 On CPU it runs through verl's own hooks only, the same ones as the RL path (docs/CPU.md):
-``VERL_PLATFORM=cpu`` + ``VERL_USE_EXTERNAL_MODULES=prefix_rft.cpu.plugin`` (the CPU platform, verl's FSDP
+``VERL_PLATFORM=cpu`` + ``VERL_USE_EXTERNAL_MODULES=verl_cpu.plugin`` (the CPU platform, verl's FSDP
 engine registered for device ``cpu``, the one existing gloo backend-string patch of
-``prefix_rft.cpu.patches``), plus :data:`SFT_CPU_OVERRIDES`. No SFT-specific patch is needed.
+``verl_cpu.patches``), plus :data:`SFT_CPU_OVERRIDES`. No SFT-specific patch is needed.
 
 The checkpoint (``global_step_N/model_world_size_1_rank_0.pt`` + a ``huggingface/`` dir holding only the
 config and tokenizer, since verl's SFT ``checkpoint.save_contents`` defaults to model/optimizer/extra) is
@@ -20,7 +20,7 @@ bfloat16 (``verl.model_merger.base_model_merger.BaseModelMerger.save_hf_model_an
 
 Used by the CPU learning benchmark and ``tests/test_sft_cpu.py``::
 
-    from prefix_rft.cpu.sft import run_sft
+    from benchmarks.sft import run_sft
     res = run_sft("data/sft_train.parquet", "outputs/base", "outputs/sft_s0", steps=20, batch_size=16, lr=1e-3)
     res.hf_model_dir  # -> actor_rollout_ref.model.path=... of the RL run
 """
@@ -37,13 +37,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefix_rft.cpu.launch import cpu_env, log_tail, read_metrics
+from benchmarks.launch import cpu_env, log_tail, read_metrics
 
 SFT_MODULE = "verl.trainer.sft_trainer"
 MERGER_MODULE = "verl.model_merger"
 
 #: Hardware overrides of verl's SFT trainer config (``sft_trainer_engine.yaml``) on CPU; the same reasons as
-#: :data:`prefix_rft.cpu.launch.CPU_OVERRIDES` (docs/CPU.md).
+#: :data:`benchmarks.launch.CPU_OVERRIDES` (docs/CPU.md).
 SFT_CPU_OVERRIDES = [
     "trainer.device=cpu",
     "trainer.nnodes=1",
@@ -159,7 +159,7 @@ def _run_logged(cmd: list[str], *, log, cwd: str, env: dict, timeout_s: float | 
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        log.write(f"\n[prefix_rft.cpu.sft] timed out after {timeout_s:.0f} s\n")
+        log.write(f"\n[benchmarks.sft] timed out after {timeout_s:.0f} s\n")
         return 124
     except BaseException:
         proc.terminate()
@@ -264,7 +264,7 @@ def run_sft(
         rc = _run_logged(train_cmd, log=log, cwd=str(out), env=run_env, timeout_s=timeout_s)
         result.sft_wall_s = time.monotonic() - t0
         if rc == 0 and not (step_dir / "model_world_size_1_rank_0.pt").exists():
-            log.write(f"\n[prefix_rft.cpu.sft] the trainer exited 0 but wrote no checkpoint at {step_dir}\n")
+            log.write(f"\n[benchmarks.sft] the trainer exited 0 but wrote no checkpoint at {step_dir}\n")
             rc = 1
         if rc == 0:
             stage = "model merger"

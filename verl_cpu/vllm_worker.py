@@ -10,8 +10,8 @@ processing: ``reload_weights(weights_iterator=...)`` (layer-wise restore, load, 
 
 :class:`VLLMCPUWorkerExtension` keeps verl's transport and replaces only the load: it gathers the buckets
 and hands them to ``reload_weights`` once. It is selected by config, never on a GPU:
-``actor_rollout_ref.rollout.engine_kwargs.vllm.worker_extension_cls=prefix_rft.cpu.vllm_worker.VLLMCPUWorkerExtension``
-(``engine_kwargs`` are applied after verl's own engine arguments; see ``prefix_rft.cpu.launch.VLLM_CPU_OVERRIDES``).
+``actor_rollout_ref.rollout.engine_kwargs.vllm.worker_extension_cls=verl_cpu.vllm_worker.VLLMCPUWorkerExtension``
+(``engine_kwargs`` are applied after verl's own engine arguments; see ``verl_cpu.overrides.VLLM_CPU_OVERRIDES``).
 This module imports vLLM and is only imported inside vLLM's worker processes.
 """
 
@@ -29,7 +29,7 @@ logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "INFO"))
 
 #: Set to ``1`` to drop every sync after the first (a negative control: the rollout keeps serving the initial
 #: weights while the actor trains, which the vLLM tests must detect). Never set in a real run.
-SKIP_RELOAD_ENV = "PREFIX_RFT_VLLM_CPU_SKIP_RELOAD"
+SKIP_RELOAD_ENV = "VERL_CPU_VLLM_SKIP_RELOAD"
 
 
 class VLLMCPUWorkerExtension(vLLMColocateWorkerExtension):

@@ -1,6 +1,6 @@
 """A small transformers generation engine for the ``hf_cpu`` rollout (no verl import).
 
-The verl glue (server, replica, weight-sync adapter) lives in :mod:`prefix_rft.cpu.rollout`; this module
+The verl glue (server, replica, weight-sync adapter) lives in :mod:`verl_cpu.rollout`; this module
 is the part that does the actual work and is tested on its own:
 
 - :func:`parse_sampling_params` turns the ``sampling_params`` dict that verl's agent loops send (the

@@ -1,6 +1,6 @@
 """The only monkeypatches of the CPU path, each where verl 0.9.1 offers no hook.
 
-Applied by ``prefix_rft.cpu.plugin`` and only when ``VERL_PLATFORM=cpu``. Every patch is idempotent and
+Applied by ``verl_cpu.plugin`` and only when ``VERL_PLATFORM=cpu``. Every patch is idempotent and
 names the verl file/line it works around.
 """
 
@@ -42,7 +42,7 @@ def patch_gloo_backend_string() -> None:
     def init_process_group(backend=None, *args, **kwargs):
         return original(_dedupe_backend(backend), *args, **kwargs)
 
-    init_process_group.prefix_rft_cpu_patch = True  # marker: tests and debugging can tell it is ours
+    init_process_group.verl_cpu_patch = True  # marker: tests and debugging can tell it is ours
     torch.distributed.init_process_group = init_process_group
     torch.distributed.distributed_c10d.init_process_group = init_process_group
     _APPLIED.add("gloo_backend")

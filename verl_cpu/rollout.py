@@ -9,7 +9,7 @@ CPU one with the same three pieces:
 
 - :class:`HFCPUServer`: the generation server (a Ray actor in a real run). Requests that arrive within
   ``batch_wait_ms`` of each other are run as one left-padded batch with a KV cache
-  (:class:`~prefix_rft.cpu.rollout_engine.HFGenerationEngine`) in a worker thread; it also takes weight
+  (:class:`~verl_cpu.rollout_engine.HFGenerationEngine`) in a worker thread; it also takes weight
   buckets, sleep / wake_up / abort calls and the weights' ``global_steps`` version.
 - :class:`HFCPUReplica`: launches one server per replica (``launch_servers``), named
   ``hf_cpu_server_{replica_rank}_0`` so the adapter can find it.
@@ -33,7 +33,7 @@ from typing import Any, Optional
 
 import torch
 
-from prefix_rft.cpu.rollout_engine import (
+from verl_cpu.rollout_engine import (
     GenerationRequest,
     GenerationResult,
     HFGenerationEngine,

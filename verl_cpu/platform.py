@@ -7,7 +7,7 @@ set in the environment (verl's documented override), so importing it on a GPU ma
 ``is_platform_available`` always answers ``False`` and auto-detection never picks it.
 
 What the platform tells verl:
-- device ``cpu``, communication backend ``gloo`` (see ``prefix_rft.cpu.patches`` for the one place
+- device ``cpu``, communication backend ``gloo`` (see ``verl_cpu.patches`` for the one place
   where verl builds an invalid ``cpu:gloo,cpu:gloo`` backend string);
 - Ray resource ``GPU``: verl's resource pools always ask Ray for an accelerator and
   ``ResourcePoolManager._check_resource_available`` counts only ``GPU``/``NPU``, so the CPU run starts
@@ -37,7 +37,7 @@ def _build_cpu_device_module() -> types.ModuleType:
     ``is_available``, ``current_stream``, ``stream``, ``Stream``, ``Event``, ``set_device``, ``device_count``
     and ``current_device``; the memory / RNG / IPC helpers it lacks are filled in here.
     """
-    mod = types.ModuleType("prefix_rft_cpu_device")
+    mod = types.ModuleType("verl_cpu_device")
     for name in dir(torch.cpu):
         if not name.startswith("__"):
             setattr(mod, name, getattr(torch.cpu, name))

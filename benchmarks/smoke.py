@@ -2,10 +2,10 @@
 
 Run by ``scripts/gpu_smoke.sh MODEL_DIR`` (one GPU, a few minutes for a 0.5B model)::
 
-    python -m prefix_rft.smoke run MODEL_DIR [--out DIR] [--steps 3] [--cfg-job]
-    python -m prefix_rft.smoke evaluate --metrics DIR/train.metrics.jsonl [--log DIR/train.log] ...
+    python -m benchmarks.smoke run MODEL_DIR [--out DIR] [--steps 3] [--cfg-job]
+    python -m benchmarks.smoke evaluate --metrics DIR/train.metrics.jsonl [--log DIR/train.log] ...
 
-``run`` writes synthetic arithmetic data with demonstrations (:mod:`prefix_rft.testing.tiny`), trains through
+``run`` writes synthetic arithmetic data with demonstrations (:mod:`benchmarks.fixtures.tiny`), trains through
 ``recipe/prefix_rft/main_prefix_rft.py`` with verl's file logger (one JSON line per step), saves the actor at
 the last step, then evaluates. ``evaluate`` reads a recorded metrics file and prints one line per check:
 
@@ -32,11 +32,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefix_rft.cpu.bench import decode_stats
-from prefix_rft.cpu.launch import read_metrics
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RECIPE_MAIN = REPO_ROOT / "recipe" / "prefix_rft" / "main_prefix_rft.py"
+from benchmarks.e2e import decode_stats
+from benchmarks.launch import RECIPE_MAIN, REPO_ROOT, read_metrics
 
 #: trainer-side metrics the checks read (each is in :data:`prefix_rft.trainer.METRIC_KEYS`)
 REQUIRED_PREFIX_METRICS = (
@@ -78,7 +75,7 @@ def evaluate(
     log_text: str | None = None,
     weight_change: float | None = None,
 ) -> list[Check]:
-    """The PASS/FAIL checks over per-step ``metrics`` (as :func:`prefix_rft.cpu.launch.read_metrics` returns).
+    """The PASS/FAIL checks over per-step ``metrics`` (as :func:`benchmarks.launch.read_metrics` returns).
 
     ``rows`` is the number of rollouts per step (``train_batch_size * rollout.n``), ``groups`` the number of
     entropy-ranking groups per step (PPO mini-batches, for ``scope=mini_batch``); ``weight_change`` the max
@@ -274,7 +271,7 @@ def _check_model_dir(model: str) -> str | None:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m prefix_rft.smoke", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.smoke", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="train a few Prefix-RFT steps on one GPU, then evaluate")
     run.add_argument("model", help="local folder of a small HF model (e.g. Qwen2.5-0.5B-Instruct)")
@@ -340,7 +337,7 @@ def report(checks: list[Check]) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from prefix_rft.testing.tiny import synthetic_math_rows, write_parquet
+    from benchmarks.fixtures.tiny import synthetic_math_rows, write_parquet
 
     out = Path(args.out or f"gpu_smoke_{time.strftime('%Y%m%d_%H%M%S')}").resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,9 @@
 """The paper's comparison at CPU scale (``make bench-learning``): tuned baselines, controls, every arm x 3 seeds.
 
 The base model is a small Qwen2 pretrained in-process on multi-digit addition
-(:mod:`prefix_rft.testing.base_model`, task :mod:`prefix_rft.testing.arith`). Each RL arm is the recipe
+(:mod:`benchmarks.fixtures.base_model`, task :mod:`benchmarks.fixtures.arith`). Each RL arm is the recipe
 (``recipe/prefix_rft/main_prefix_rft.py``) with one of its presets (``+preset=NAME``, the files the GPU
-launchers use) and the shared :data:`SETTINGS`; SFT is verl's own SFT trainer (:func:`prefix_rft.cpu.sft.run_sft`)
+launchers use) and the shared :data:`SETTINGS`; SFT is verl's own SFT trainer (:func:`benchmarks.sft.run_sft`)
 on the same demonstrations, and SFT->RFT runs the ``rft`` preset from its merged checkpoint. Accuracy is verl's
 own validation (``val-core/add<L>/acc/mean@4``: 4 samples per problem at temperature 0.6, seeded per request
 by ``prefix_rft.val_seed`` so that a checkpoint scores the same on every run), plus pass@4 computed from
@@ -38,8 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefix_rft.cpu.launch import REPO_ROOT, run_recipe
-from prefix_rft.testing import arith
+from benchmarks.fixtures import arith
+from benchmarks.launch import REPO_ROOT, recipe_presets, run_recipe
 
 #: The settings of every arm (fixed before the comparison; written into the results). ``rl_lr`` / ``sft_lr``
 #: are ``None`` here: :func:`tuned_settings` fills them from the sweeps.
@@ -210,8 +210,8 @@ def val_rows(settings: dict, split: str = "test", levels=None) -> list[dict]:
 def build_data(out: Path, settings: dict, model: str, split: str = "test", levels=None) -> BenchData:
     """Write the train (with demonstrations), validation (``split`` rows of ``levels``, default every eval
     level) and SFT parquet files under ``out/data``."""
+    from benchmarks.fixtures.tiny import write_parquet
     from prefix_rft.data.sft import sft_from_rl_parquet
-    from prefix_rft.testing.tiny import write_parquet
 
     data = Path(out).resolve() / "data"
     train = write_parquet(train_rows(settings), str(data / "train.parquet"))
@@ -491,7 +491,7 @@ def run_one(
 
 def _sft_model(run: Run, data: BenchData, run_dir: Path, timeout_s: float) -> dict:
     """verl's SFT trainer on the demonstrations at ``sft_lr``; reuses a merged model left by an earlier run."""
-    from prefix_rft.cpu.sft import run_sft
+    from benchmarks.sft import run_sft
 
     hf = run_dir / "hf"
     if (hf / "config.json").exists() and (run_dir / "sft_loss.json").exists():
@@ -674,12 +674,10 @@ def trains_demo_tokens(arm: str) -> bool:
     count kept tokens that never reach the loss."""
     import yaml
 
-    from prefix_rft.presets import preset_path
-
     preset = ARMS[arm].preset
     if preset is None:
         return True
-    block = yaml.safe_load(preset_path(preset).read_text()) or {}
+    block = yaml.safe_load(recipe_presets().preset_path(preset).read_text()) or {}
     loss = (block.get("prefix_rft") or {}).get("loss") or {}
     return loss.get("prefix_tokens", "train") == "train" or float(loss.get("sft_coef", 0.0)) > 0
 

@@ -3,11 +3,8 @@
 Used by ``scripts/cpu_demo.py`` (``make demo``), ``tests/test_e2e_cpu.py`` and ``scripts/bench_e2e_cpu.sh``.
 Nothing here changes the algorithm: it builds tiny local assets, adds the CPU hardware overrides to the
 recipe's own config (``recipe/prefix_rft/config/prefix_rft_trainer.yaml``) and runs
-``recipe/prefix_rft/main_prefix_rft.py`` in a subprocess with the CPU environment:
-
-- ``VERL_PLATFORM=cpu``: verl's platform override; picks :class:`prefix_rft.cpu.platform.PlatformCPU`.
-- ``VERL_USE_EXTERNAL_MODULES=prefix_rft.cpu.plugin``: verl imports it on ``import verl`` in every process
-  (driver, task runner, Ray workers inherit the environment), before anything resolves the platform.
+``recipe/prefix_rft/main_prefix_rft.py`` in a subprocess with the CPU backend's environment and overrides
+(:mod:`verl_cpu.overrides`).
 
 Metrics come from verl's own ``file`` logger (``trainer.logger=[console,file]``, one JSON line per step at
 ``VERL_FILE_LOGGER_PATH``).
@@ -15,107 +12,54 @@ Metrics come from verl's own ``file`` logger (``trainer.logger=[console,file]``,
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-RECIPE_MAIN = REPO_ROOT / "recipe" / "prefix_rft" / "main_prefix_rft.py"
+from verl_cpu.overrides import (  # noqa: F401  (re-exported: the harness's one import for CPU settings)
+    CPU_ENV,
+    CPU_OVERRIDES,
+    VLLM_CPU_ENV,
+    VLLM_CPU_OVERRIDES,
+    cpu_overrides,
+)
+from verl_cpu.overrides import cpu_env as _verl_cpu_env
 
-#: Environment that switches the CPU path on (inherited by Ray's workers).
-CPU_ENV = {
-    "VERL_PLATFORM": "cpu",
-    "VERL_USE_EXTERNAL_MODULES": "prefix_rft.cpu.plugin",
-    "TOKENIZERS_PARALLELISM": "false",
-    "OMP_NUM_THREADS": "1",  # many small processes on few cores: no intra-op thread oversubscription
-    "MKL_NUM_THREADS": "1",
-    "PYTHONUNBUFFERED": "1",
-    "HYDRA_FULL_ERROR": "1",
-    "RAY_DEDUP_LOGS": "0",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_enable_worker_prestart": "0",  # no idle workers competing for the 2 cores at start-up
-    "PREFIX_RFT_REWARD_WORKERS": "1",  # one math-verify subprocess per reward worker (prefix_rft.reward.POOL_SIZE)
-}
-
-#: Hardware overrides for verl on CPU (see docs/CPU.md for why each is needed).
-CPU_OVERRIDES = [
-    # 4B's transformers backend (prefix_rft/cpu/rollout.py); vllm/sglang need a GPU
-    "actor_rollout_ref.rollout.name=hf_cpu",
-    "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
-    "actor_rollout_ref.rollout.agent.num_workers=1",
-    # verl defaults to flash_attention_2 (verl.workers.config.model.HFModelConfig.__post_init__)
-    "+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
-    # rmpad packs sequences and relies on flash-attn varlen to keep them apart; sdpa would attend across
-    "actor_rollout_ref.model.use_remove_padding=False",
-    "actor_rollout_ref.model.enable_gradient_checkpointing=False",
-    "actor_rollout_ref.actor.strategy=fsdp2",
-    "actor_rollout_ref.actor.use_torch_compile=False",
-    "actor_rollout_ref.actor.fsdp_config.use_torch_compile=False",
-    "reward.num_workers=1",
-    "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
-    "data.dataloader_num_workers=0",
-    # one trainer process; Ray must see one (logical) GPU: verl's resource pools ask for it
-    "trainer.nnodes=1",
-    "trainer.n_gpus_per_node=1",
-    "trainer.device=cpu",
-    "ray_kwargs.ray_init.num_cpus=8",
-    "+ray_kwargs.ray_init.num_gpus=1",
-    "+ray_kwargs.ray_init.include_dashboard=False",
-    "+ray_kwargs.ray_init.object_store_memory=268435456",
-]
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RECIPE_DIR = REPO_ROOT / "recipe" / "prefix_rft"
+RECIPE_MAIN = RECIPE_DIR / "main_prefix_rft.py"
 
 
-#: verl's own vLLM rollout on CPU (``make test-vllm``: the community ``vllm-cpu`` build in its own venv), in
-#: place of ``hf_cpu``. Each line is a CPU adaptation; the GPU launchers use none of them.
-VLLM_CPU_OVERRIDES = [
-    "actor_rollout_ref.rollout.name=vllm",
-    # vLLM refuses sleep mode on CPU (verl's default is on); without it nothing is freed between phases
-    "+actor_rollout_ref.rollout.enable_sleep_mode=False",
-    "actor_rollout_ref.rollout.free_cache_engine=False",
-    # actor weights arrive through verl's transport, loaded with reload_weights: load_weights fails on
-    # oneDNN-repacked CPU weights (prefix_rft/cpu/vllm_worker.py)
-    "+actor_rollout_ref.rollout.engine_kwargs.vllm.worker_extension_cls="
-    "prefix_rft.cpu.vllm_worker.VLLMCPUWorkerExtension",
-    # the shared-memory bucket verl allocates for the sync (2 GiB by default) sized to the tiny model
-    "actor_rollout_ref.rollout.checkpoint_engine.update_weights_bucket_megabytes=64",
-    # no torch.compile / graph capture on CPU: start-up in seconds, and the same eager kernels every step
-    "actor_rollout_ref.rollout.enforce_eager=True",
-    # the actor trains in float32 on CPU: rollout log-probs comparable with the actor's recomputation
-    "actor_rollout_ref.rollout.dtype=float32",
-]
-
-#: Environment of the vLLM CPU rollout (inherited by its engine processes).
-VLLM_CPU_ENV = {
-    # GiB of KV cache vLLM's CPU backend reserves (its default, ~20 GiB here, takes 70 s to allocate)
-    "VLLM_CPU_KVCACHE_SPACE": "1",
-}
+def recipe_presets() -> types.ModuleType:
+    """The recipe's preset tool, ``recipe/prefix_rft/presets.py``, loaded from its file (verl's wheel installs an
+    unrelated top-level ``recipe`` package, so it is not imported by name)."""
+    module = sys.modules.get("prefix_rft_recipe_presets")
+    if module is None:
+        spec = importlib.util.spec_from_file_location("prefix_rft_recipe_presets", RECIPE_DIR / "presets.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    return module
 
 
-def cpu_overrides(rollout: str = "hf_cpu") -> list[str]:
-    """:data:`CPU_OVERRIDES` for the ``hf_cpu`` rollout, or with ``rollout="vllm"`` the same hardware overrides
-    plus :data:`VLLM_CPU_OVERRIDES` (verl's vLLM server, with the ``vllm-cpu`` build installed)."""
-    if rollout == "hf_cpu":
-        return list(CPU_OVERRIDES)
-    if rollout != "vllm":
-        raise ValueError(f"rollout={rollout!r}: the CPU launcher knows 'hf_cpu' and 'vllm'")
-    base = [o for o in CPU_OVERRIDES if not o.startswith("actor_rollout_ref.rollout.name=")]
-    return base + VLLM_CPU_OVERRIDES
+#: The recipe's own environment on top of the CPU backend's: one math-verify subprocess per reward worker
+#: (``prefix_rft.reward.POOL_SIZE``).
+RECIPE_ENV = {"PREFIX_RFT_REWARD_WORKERS": "1"}
 
 
 def cpu_env(base: dict[str, str] | None = None) -> dict[str, str]:
-    """``base`` (default: this process' environment) plus :data:`CPU_ENV`; ``PYTHONPATH`` gets the repo root."""
-    env = dict(os.environ if base is None else base)
-    # modules the caller asked verl to import (e.g. a benchmark's control estimator) are kept, after ours
-    extra = [m for m in env.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m.strip()]
-    env.update(CPU_ENV)
-    ours = CPU_ENV["VERL_USE_EXTERNAL_MODULES"]
-    env["VERL_USE_EXTERNAL_MODULES"] = ",".join([ours, *(m for m in extra if m != ours)])
+    """:func:`verl_cpu.overrides.cpu_env` plus :data:`RECIPE_ENV`; ``PYTHONPATH`` gets the repository root (the
+    CPU backend and the benchmark modules are imported from it in every process)."""
+    env = _verl_cpu_env(base)
+    env.update(RECIPE_ENV)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     return env
 
@@ -144,7 +88,7 @@ def build_demo_assets(
     ``hidden_size`` sets the model's width (4 attention heads): vLLM's CPU attention needs a head size of at
     least 32, so the vLLM runs use 128.
     """
-    from prefix_rft.testing.tiny import build_tiny_model, synthetic_math_rows, write_parquet
+    from benchmarks.fixtures.tiny import build_tiny_model, synthetic_math_rows, write_parquet
 
     out = Path(out_dir)
     model = build_tiny_model(str(out / "model"), seed=seed, hidden_size=hidden_size)

@@ -20,7 +20,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from prefix_rft.cpu.launch import build_demo_assets, demo_overrides, format_table, run_recipe
+from benchmarks.launch import build_demo_assets, demo_overrides, format_table, run_recipe
 
 #: The figures printed as ``RESULT`` lines: per run (``rft_`` / ``prefix_rft_`` + key) ...
 RUN_KEYS = ("step_s", "gen_s", "decoded_per_step", "score")
