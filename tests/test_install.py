@@ -29,7 +29,18 @@ def wheel(tmp_path_factory) -> Path:
     src = tmp / "src"
     shutil.copytree(ROOT, src, ignore=SKIP)
     out = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp), str(src)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp),
+            str(src),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -44,7 +55,12 @@ def test_wheel_holds_the_library_and_nothing_else(wheel):
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"prefix_rft"}, top
     modules = {n for n in names if n.endswith(".py")}
-    for room in ("prefix_rft/core/loss.py", "prefix_rft/trainer.py", "prefix_rft/data/train.py", "prefix_rft/eval.py"):
+    for room in (
+        "prefix_rft/core/loss.py",
+        "prefix_rft/trainer.py",
+        "prefix_rft/data/train.py",
+        "prefix_rft/eval.py",
+    ):
         assert room in modules
     # the rooms that moved out of the library stay out
     assert not [n for n in modules if n.startswith(("prefix_rft/cpu/", "prefix_rft/testing/"))]
@@ -54,7 +70,18 @@ def test_wheel_holds_the_library_and_nothing_else(wheel):
 def test_every_public_module_imports_from_the_installed_wheel(wheel, tmp_path):
     site = tmp_path / "site"
     out = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site), str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-index",
+            "-q",
+            "--target",
+            str(site),
+            str(wheel),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -81,8 +108,11 @@ print(json.dumps({{"modules": names, "leaked": leaked,
     )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
     report = json.loads(run.stdout.strip().splitlines()[-1])
-    assert {"prefix_rft.trainer", "prefix_rft.core.guidance", "prefix_rft.data.eval_sets", "prefix_rft.plot"} <= set(
-        report["modules"]
-    )
+    assert {
+        "prefix_rft.trainer",
+        "prefix_rft.core.guidance",
+        "prefix_rft.data.eval_sets",
+        "prefix_rft.plot",
+    } <= set(report["modules"])
     assert report["leaked"] == []
     assert all(f.startswith(str(site)) for f in report["files"]), report["files"]
