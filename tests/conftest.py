@@ -7,13 +7,91 @@
 
 ``make test`` runs all three (CI's command); ``make test-fast`` runs ``-m "not e2e"``. A new test module must be
 added to :data:`TIERS` (collection fails otherwise), so no test is left out of a tier.
+
+Shared helpers, one home each (imported by the modules as ``from conftest import ...``, or as fixtures of the
+same names): :func:`compose_recipe` (the recipe's hydra config in this process), :func:`run_launcher` (a
+``scripts/*.sh`` launcher in a subprocess, ``--cfg job`` by default), and the session-wide tiny assets
+``tiny_tokenizer`` / ``tiny_model_dir``.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "recipe" / "prefix_rft" / "config"
+#: launcher variables a developer's shell may have set; a test sets what it means explicitly
+LAUNCHER_ENV = (
+    "EXP_NAME",
+    "CKPT_DIR",
+    "NNODES",
+    "MAX_CKPT_TO_KEEP",
+    "SFT_EXP_NAME",
+    "SFT_CKPT_DIR",
+    "SFT_HF_DIR",
+    "MODEL_PATH",
+    "RL",
+)
+
+
+def compose_recipe(*overrides: str, config_name: str = "prefix_rft_trainer"):
+    """The recipe's config (``recipe/prefix_rft/config``) composed by hydra with ``overrides``, in this process."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+def run_launcher(
+    script: str,
+    *args: str,
+    cwd: str | os.PathLike = ROOT,
+    cfg_job: bool = True,
+    timeout: float = 600,
+    **env_extra: str,
+) -> subprocess.CompletedProcess:
+    """``bash scripts/<script> args... [--cfg job]`` with this interpreter as ``PYTHON``, the repository on
+    ``PYTHONPATH``, :data:`LAUNCHER_ENV` cleared and ``env_extra`` set; output captured."""
+    env = dict(os.environ, PYTHON=sys.executable, HOME=os.environ.get("HOME", "/tmp"))
+    for key in LAUNCHER_ENV:
+        env.pop(key, None)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env.update(env_extra)
+    cmd = ["bash", str(ROOT / "scripts" / script), *args, *(["--cfg", "job"] if cfg_job else [])]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+
+
+@pytest.fixture(name="compose_recipe")
+def _compose_recipe_fixture():
+    return compose_recipe
+
+
+@pytest.fixture(name="run_launcher")
+def _run_launcher_fixture():
+    return run_launcher
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """The tiny chat tokenizer (:func:`benchmarks.fixtures.tiny.build_tiny_tokenizer`), built once per session."""
+    from benchmarks.fixtures.tiny import build_tiny_tokenizer
+
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A tiny Qwen2 + tokenizer saved once per session (seed 0, :func:`benchmarks.fixtures.tiny.build_tiny_model`).
+    Read-only for the tests that share it."""
+    from benchmarks.fixtures.tiny import build_tiny_model
+
+    return build_tiny_model(str(tmp_path_factory.mktemp("tiny_model") / "model"), seed=0)
+
 
 TIERS: dict[str, tuple[str, ...]] = {
     "unit": (

@@ -5,7 +5,6 @@ over random ones, the table's exact save / restore, the config's refusals, and t
 from __future__ import annotations
 
 import json
-import os
 import uuid
 
 import numpy as np
@@ -190,11 +189,9 @@ def test_guidance_needs_an_on_policy_rollout():
 
 
 def _recipe(*overrides):
-    from hydra import compose, initialize_config_dir
+    from conftest import compose_recipe
 
-    config_dir = os.path.join(os.path.dirname(__file__), "..", "recipe", "prefix_rft", "config")
-    with initialize_config_dir(config_dir=os.path.abspath(config_dir), version_base=None):
-        return compose(config_name="prefix_rft_trainer", overrides=list(overrides))
+    return compose_recipe(*overrides)
 
 
 def test_recipe_refuses_dynamic_sampling_with_guidance():

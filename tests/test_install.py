@@ -116,3 +116,32 @@ print(json.dumps({{"modules": names, "leaked": leaked,
     } <= set(report["modules"])
     assert report["leaked"] == []
     assert all(f.startswith(str(site)) for f in report["files"]), report["files"]
+
+
+def _imported_modules(path: Path) -> set[str]:
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize(
+    ("room", "forbidden"),
+    [
+        ("verl_cpu", ("prefix_rft", "benchmarks", "recipe")),  # a CPU backend for any verl trainer
+        ("prefix_rft", ("verl_cpu", "benchmarks", "tests", "conftest")),  # the library imports no other room
+    ],
+)
+def test_rooms_import_only_what_they_may(room, forbidden):
+    offenders = {
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in sorted((ROOT / room).rglob("*.py"))
+        for name in _imported_modules(path)
+        if name.split(".")[0] in forbidden
+    }
+    assert not offenders, sorted(offenders)

@@ -3,14 +3,13 @@ nothing launched) and checked against verl's own actor config dataclasses."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_launcher
 from omegaconf import OmegaConf
 
 from prefix_rft.verl_config import validate_verl_config
@@ -28,12 +27,7 @@ MEGATRON = "run_prefix_rft_qwen7b_megatron.sh"
 def launch(
     script: str, *args: str, cfg_job: bool = True, **env_overrides: str
 ) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHON=sys.executable, HOME=os.environ.get("HOME", "/tmp"))
-    for key in ("EXP_NAME", "CKPT_DIR", "NNODES", "MAX_CKPT_TO_KEEP"):
-        env.pop(key, None)
-    env.update(env_overrides)
-    cmd = ["bash", str(ROOT / "scripts" / script), *args, *(["--cfg", "job"] if cfg_job else [])]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    return run_launcher(script, *args, cfg_job=cfg_job, **env_overrides)
 
 
 def composed(out: subprocess.CompletedProcess):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
+from conftest import compose_recipe, run_launcher
 from omegaconf import OmegaConf
 
 from benchmarks.launch import recipe_presets
@@ -33,7 +33,6 @@ describe, list_presets, main = _PRESETS.describe, _PRESETS.list_presets, _PRESET
 preset_override, preset_path = _PRESETS.preset_override, _PRESETS.preset_path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = str(ROOT / "recipe" / "prefix_rft" / "config")
 
 # preset -> dotted keys it must set (compared after composition on top of the recipe)
 EXPECTED = {
@@ -92,8 +91,7 @@ EXPECTED = {
 
 
 def composed(name: str, *overrides: str):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        return compose(config_name="prefix_rft_trainer", overrides=[preset_override(name), *overrides])
+    return compose_recipe(preset_override(name), *overrides)
 
 
 def test_every_preset_file_has_an_expectation_and_the_helper_lists_them():
@@ -124,16 +122,7 @@ def test_exclude_prefix_refuses_token_mean():
 
 
 def _launch(name: str, cwd) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHON=sys.executable, HOME=os.environ.get("HOME", "/tmp"))
-    env.pop("EXP_NAME", None)
-    return subprocess.run(
-        ["bash", str(ROOT / "scripts" / "run_ablation_qwen7b.sh"), name, "trainer.nnodes=2", "--cfg", "job"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=cwd,
-        env=env,
-    )
+    return run_launcher("run_ablation_qwen7b.sh", name, "trainer.nnodes=2", cwd=cwd)
 
 
 def test_launcher_composes_every_preset_with_cfg_job(tmp_path):

@@ -11,20 +11,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
+from conftest import compose_recipe as recipe_config
+from conftest import run_launcher
 from omegaconf import OmegaConf
 
 from prefix_rft.config import PrefixRFTConfig, PrefixRFTConfigError
 from prefix_rft.verl_config import validate_verl_config
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = str(ROOT / "recipe" / "prefix_rft" / "config")
 MAIN = ROOT / "recipe" / "prefix_rft" / "main_prefix_rft.py"
-
-
-def recipe_config(*overrides: str):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        return compose(config_name="prefix_rft_trainer", overrides=list(overrides))
 
 
 def test_recipe_composes_with_paper_settings():
@@ -257,17 +252,7 @@ SCRIPTS = {
 
 
 def _run_script(name, extra, cwd):
-    env = _env()
-    env["MODEL_PATH"] = "Elliott/Qwen2.5-Math-7B-16k-think"
-    env.pop("EXP_NAME", None)
-    return subprocess.run(
-        ["bash", str(ROOT / "scripts" / name), *extra, "--cfg", "job"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=cwd,
-        env=env,
-    )
+    return run_launcher(name, *extra, cwd=cwd, MODEL_PATH="Elliott/Qwen2.5-Math-7B-16k-think")
 
 
 def test_run_scripts_print_the_composed_config(tmp_path):

@@ -5,32 +5,18 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
+from conftest import run_launcher
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(script: str, *args: str, cwd: Path, **env_extra: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHON=sys.executable, HOME=os.environ.get("HOME", "/tmp"), DATA_DIR="/data/p")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    env.update(env_extra)
-    for k in ("EXP_NAME", "SFT_EXP_NAME", "SFT_CKPT_DIR", "SFT_HF_DIR", "MODEL_PATH", "RL"):
-        if k not in env_extra:
-            env.pop(k, None)
-    return subprocess.run(
-        ["bash", str(ROOT / "scripts" / script), *args, "--cfg", "job"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=cwd,
-        env=env,
-    )
+    return run_launcher(script, *args, cwd=cwd, **{"DATA_DIR": "/data/p", **env_extra})
 
 
 def _docs(out: subprocess.CompletedProcess) -> list:

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from conftest import compose_recipe as recipe_config
 from tensordict import TensorDict
 
 import prefix_rft.plugin  # noqa: F401  (registers the estimator and the agent loop)
@@ -36,15 +36,7 @@ from prefix_rft.trainer import (
 )
 from prefix_rft.verl_config import validate_verl_config
 
-CONFIG_DIR = str(
-    __import__("pathlib").Path(__file__).resolve().parents[1] / "recipe" / "prefix_rft" / "config"
-)
 N = 4  # rollouts per prompt in these tests
-
-
-def recipe_config(*overrides: str):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        return compose(config_name="prefix_rft_trainer", overrides=list(overrides))
 
 
 # ----------------------------------------------------------------------------- a realistic batch
