@@ -142,7 +142,7 @@ def _line(text: str, pos: int) -> int:
 
 def rewrite(text: str, where: str, names: Names, problems: list[str]) -> str:
     """``text`` with module paths ``prefix_rft.X`` as ``recipe.prefix_rft.X``; what cannot be placed goes to
-    ``problems`` (``where``:line: reason)."""
+    ``problems`` (``where`` line N: reason)."""
 
     def replace(m: re.Match) -> str:
         parts = m.group(1)[1:].split(".")
@@ -150,7 +150,7 @@ def rewrite(text: str, where: str, names: Names, problems: list[str]) -> str:
         if kind == "module":
             return PACKAGE + m.group(1)
         if kind in ("left_out", "unknown"):
-            problems.append(f"{where}:{_line(text, m.start())}: mentions {m.group(0)}, {_why(parts)}")
+            problems.append(f"{where} line {_line(text, m.start())}: mentions {m.group(0)}, {_why(parts)}")
         return m.group(0)
 
     text = MODULE_CHAIN.sub(replace, text)
@@ -179,7 +179,7 @@ def _edit_launcher(name: str, text: str, problems: list[str]) -> str:
     for leftover in LEFTOVERS:
         for m in re.finditer(re.escape(leftover), text):
             problems.append(
-                f"scripts/{name}:{_line(text, m.start())}: still mentions {leftover!r} after the export's edits; "
+                f"scripts/{name} line {_line(text, m.start())}: still mentions {leftover!r} after the export's edits; "
                 f"update LAUNCHER_EDITS in {Path(__file__).name}"
             )
     return text
@@ -323,14 +323,18 @@ def check_export(folder: Path) -> list[str]:
                 )
                 for mod in mods:
                     if mod == "prefix_rft" or mod.startswith("prefix_rft."):
-                        problems.append(f"{rel}:{node.lineno}: imports {mod} (the repository's package)")
+                        problems.append(f"{rel} line {node.lineno}: imports {mod} (the repository's package)")
         for m in MODULE_CHAIN.finditer(text):
             if names.kind(m.group(1)[1:].split(".")) in ("module", "left_out"):
-                problems.append(f"{rel}:{_line(text, m.start())}: {m.group(0)} is not rewritten to {PACKAGE}")
+                problems.append(
+                    f"{rel} line {_line(text, m.start())}: {m.group(0)} is not rewritten to {PACKAGE}"
+                )
         for m in EXPORTED_CHAIN.finditer(text):
             head = m.group(1)[1:].split(".")[0]
             if not ((folder / f"{head}.py").is_file() or (folder / head / "__init__.py").is_file()):
-                problems.append(f"{rel}:{_line(text, m.start())}: {m.group(0)} has no module in the export")
+                problems.append(
+                    f"{rel} line {_line(text, m.start())}: {m.group(0)} has no module in the export"
+                )
     return problems
 
 
@@ -521,7 +525,7 @@ def readme(names: Names, launchers: list[str], skipped: list[str], pin: dict[str
             out += ["```yaml", _yaml_snippet(config, idea.keys), "```", ""]
             for rel, name in idea.code:
                 code = rewrite(_code_lines(rel, name), f"prefix_rft/{rel}", names, problems)
-                out += [f"`prefix_rft/{rel}`:", "", "```python", code.rstrip(), "```", ""]
+                out += [f"`{rel}`:", "", "```python", code.rstrip(), "```", ""]
         except ExportError as err:
             problems.append(str(err))
         if out[-1] == "":
