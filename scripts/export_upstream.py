@@ -558,8 +558,14 @@ def main(argv: list[str] | None = None) -> int:
     except ExportError as err:
         print(f"export_upstream: {err}", file=sys.stderr)
         return 1
-    print(f"wrote {folder}: run it from {folder.parent.parent} as `python -m {PACKAGE}.main_prefix_rft`")
-    print("(it is a verl-recipe folder: copy it to <verl-recipe>/prefix_rft, or point --out at <dir>/recipe)")
+    print(f"wrote {folder}")
+    if folder.parent.name == "recipe":
+        print(f"run it from {folder.parent.parent}: python -m {PACKAGE}.main_prefix_rft --cfg job")
+    else:
+        print(
+            "copy it into a verl-recipe checkout as recipe/prefix_rft (or export with --out <dir>/recipe) and run"
+        )
+        print(f"python -m {PACKAGE}.main_prefix_rft from the folder holding recipe/")
     return 0
 
 
