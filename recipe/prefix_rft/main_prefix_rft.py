@@ -1,12 +1,14 @@
-"""Prefix-RFT entry point: ``python recipe/prefix_rft/main_prefix_rft.py [hydra overrides]``.
+"""Prefix-RFT entry point: ``python recipe/prefix_rft/main_prefix_rft.py [hydra overrides]`` in this repository,
+``python -m recipe.prefix_rft.main_prefix_rft [hydra overrides]`` in a verl-recipe tree (``make upstream``).
 
 Composes ``config/prefix_rft_trainer.yaml`` (verl's ``ppo_trainer`` + the ``prefix_rft:`` block), checks the
 ``prefix_rft`` block and the verl keys it depends on (:func:`prefix_rft.verl_config.validate_verl_config`),
 then runs verl's ``run_ppo`` with :class:`prefix_rft.trainer.PrefixRFTTaskRunner`, which builds
 :class:`prefix_rft.trainer.PrefixRFTTrainer` (verl's synchronous v1 trainer plus the Prefix-RFT hooks).
 
-Run it as a file (not ``python -m recipe...``: verl's wheel installs an unrelated top-level ``recipe``
-package). ``--cfg job`` (anywhere on the command line) validates the composed config exactly as a run
+In this repository run it as a file: here ``recipe/`` holds no code package, and verl's wheel installs an
+unrelated top-level ``recipe`` namespace. ``make upstream`` exports this folder with the library as a
+verl-recipe folder, where the ``-m`` form runs from the folder holding ``recipe/``. ``--cfg job`` (anywhere on the command line) validates the composed config exactly as a run
 does, prints it and launches nothing; ``--cfg hydra|all`` are Hydra's own, also accepted anywhere.
 """
 
