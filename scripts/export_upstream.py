@@ -8,8 +8,8 @@ repository that verl mounts as its ``recipe/`` submodule), so that from the fold
 runs Prefix-RFT with no ``prefix-rft`` package installed. The folder holds:
 
 * the installed library's modules (``prefix_rft/``: ``core/``, config, the verl glue, reward, data, eval, ...)
-  as ``recipe.prefix_rft.*``, except :data:`EXCLUDED` (the CPU backend, test fixtures and benchmark tools,
-  which a GPU run never imports);
+  as ``recipe.prefix_rft.*``, except :data:`EXCLUDED` (empty: the CPU backend ``verl_cpu/``, the fixtures and
+  the benchmark tools ``benchmarks/`` live outside the package, and a GPU run never imports them);
 * this folder's own files (``recipe/prefix_rft/``: ``main_prefix_rft.py``, ``config/`` with the presets);
 * the GPU launchers ``scripts/run_*qwen7b*.sh`` and the shared bodies they source, calling
   ``python -m recipe.prefix_rft.main_prefix_rft``;
@@ -43,9 +43,9 @@ RECIPE = ROOT / "recipe" / "prefix_rft"
 SCRIPTS = ROOT / "scripts"
 LAUNCHER_GLOB = "run_*qwen7b*.sh"
 PACKAGE = "recipe.prefix_rft"
-EXCLUDED = ("cpu", "testing", "smoke.py", "presets.py")
-"""Entries of ``prefix_rft/`` that are not exported (a missing one is fine): the CPU backend for verl, the test
-fixtures, the smoke-test evaluator and the repository-path presets helper; none is needed on a GPU cluster."""
+EXCLUDED: tuple[str, ...] = ()
+"""Entries of ``prefix_rft/`` that are not exported (a missing one is fine). Empty: the package is the library
+alone (the CPU backend, fixtures and benchmark tools live outside it, in ``verl_cpu/`` and ``benchmarks/``)."""
 TEXT_SUFFIXES = {".py", ".yaml", ".yml", ".sh", ".txt", ".md", ".json", ".toml", ".cfg"}
 FILE_SUFFIXES = {"py", "yaml", "yml", "sh", "md", "txt", "json", "jsonl", "parquet", "png"}
 """``prefix_rft.<suffix>`` is a file name (``preset/prefix_rft.yaml``), not a module path."""
@@ -197,7 +197,7 @@ def _launchers(names: Names, problems: list[str]) -> tuple[dict[str, str], list[
                 if names.kind(m.group(1)[1:].split(".")) == "left_out"
             }
         )
-        if missing:  # e.g. the presets helper while it still lives in the library (it moves to the recipe)
+        if missing:  # a launcher that runs a module EXCLUDED from the export cannot come along
             skipped.append(f"`{path.name}`: it runs {', '.join(missing)}, which this export leaves out")
             continue
         out[path.name] = text
