@@ -47,6 +47,7 @@ TIERS: dict[str, tuple[str, ...]] = {
         "test_sft_launchers",
         "test_smoke",
         "test_trainer_integration",
+        "test_verl_patches",
         "test_vllm_cpu_overrides",
     ),
     "e2e": (
