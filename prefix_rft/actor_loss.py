@@ -18,9 +18,13 @@ Decisions (for the trainer engineer):
   workers with it. Nothing is added to ``actor_rollout_ref.actor`` (no PolicyLossConfig subclass,
   no yaml duplication); every verl actor knob (clip ratios, ``clip_ratio_c``, ``loss_agg_mode``,
   ``entropy_coeff``, ``use_kl_loss``, ``kl_loss_type``/``coef``, ``loss_scale_factor``) is read from the
-  actor config exactly as ``ppo_loss`` does. One addition: ``loss_agg_mode=seq-mean-token-sum-norm`` (the
-  recipe's Dr.GRPO default) is refused without an explicit ``loss_scale_factor``
-  (:func:`check_loss_scale_factor`), because verl would fall back to the micro-batch's padded width.
+  actor config exactly as ``ppo_loss`` does. The loss does not re-check these per micro-batch: start-up
+  (:func:`prefix_rft.verl_config.validate_verl_config`, run by the recipe entry point and the trainer) refuses
+  ``loss_agg_mode=seq-mean-token-sum-norm`` (the recipe's Dr.GRPO default) without an explicit
+  ``loss_scale_factor`` (verl would fall back to the micro-batch's padded width), and
+  :func:`prefix_rft.verl_config.check_actor_loss` what the Prefix-RFT path needs (``policy_loss.loss_mode``,
+  ``clip_ratio_c``, the current-policy entropy when ranking by it). Only what the batch itself carries is
+  checked here.
 
 * Fields read from ``data`` (jagged per-token tensors, padded with ``to_padded_tensor()`` like
   ``response_mask``): ``prefix_mask`` (written by the agent loop) and ``prefix_keep_mask`` (written by
@@ -36,9 +40,12 @@ Decisions (for the trainer engineer):
   ``policy_loss.loss_mode``) only when ``prefix_rft.num_prefixed=0``; with demo prefixes configured it is
   an error (training every demo token with full advantage, silently, is the worst failure mode). With
   ``prefix_mask`` the policy term is :func:`prefix_rft.core.loss.prefix_rft_token_loss` (dual-clip PPO,
-  verl's ``vanilla`` mode; other ``policy_loss.loss_mode`` values are refused at start-up by
-  :func:`prefix_rft.verl_config.validate_verl_config` and here). With ``prefix_mask`` all zero the result
-  equals ``ppo_loss`` (tested to 1e-6 for every loss_agg_mode).
+  verl's ``vanilla`` mode; other ``policy_loss.loss_mode`` values are refused at start-up). With
+  ``prefix_mask`` all zero the result equals ``ppo_loss`` (tested to 1e-6 for every loss_agg_mode).
+
+* The steps, one function each: :func:`unpad_model_output` and :func:`padded_batch` (verl's ``ppo_loss``
+  opening, plus the prefix fields), :func:`demo_keep_mask` (entropy-based clipping), :func:`token_loss` (the
+  policy term), :func:`aggregate` (verl's ``agg_loss`` with the prefix-aware masks) and :func:`loss_metrics`.
 
 * Everything else is verl's: log-probs/entropy unpadded with ``no_padding_2_padding``, aggregation with
   verl's ``agg_loss(**config.global_batch_info)`` over ``response_mask`` (so unkept prefix tokens stay in
@@ -82,22 +89,6 @@ def make_prefix_rft_loss_fn(actor_config: Any, prefix_config: PrefixRFTConfig) -
             "prefix_rft.config.from_dict(config.prefix_rft, rollout_n)"
         )
     return functools.partial(prefix_rft_ppo_loss, config=actor_config, prefix_config=prefix_config)
-
-
-def check_loss_scale_factor(config: Any) -> None:
-    """Dr.GRPO's constant normaliser must be a constant: refuse ``seq-mean-token-sum-norm`` without one.
-
-    verl's ``agg_loss`` divides by ``loss_scale_factor`` in that mode and, when it is None, by the padded
-    width of the micro-batch it is given. Under dynamic batching that width changes from micro-batch to
-    micro-batch, so the step is no longer the whole batch's loss (and not Dr.GRPO's objective).
-    """
-    if config.loss_agg_mode == "seq-mean-token-sum-norm" and config.loss_scale_factor is None:
-        raise ValueError(
-            "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum-norm needs a constant "
-            "actor_rollout_ref.actor.loss_scale_factor (left null, verl divides by each micro-batch's padded "
-            "width). Fix: actor_rollout_ref.actor.loss_scale_factor=${data.max_response_length} (the "
-            "recipe yaml's default), or loss_agg_mode=token-mean"
-        )
 
 
 REPLAY_FIELDS = ("prefix_rft_minibatch", "prefix_rft_num_minibatches", "prefix_rft_step")
@@ -147,22 +138,213 @@ def check_minibatch_replay(data: TensorDict) -> int:
     return max(count, 1)
 
 
-def _clip_params(config: Any) -> tuple[float, float, float]:
-    """Clip ratios exactly as verl's ``compute_policy_loss_vanilla`` reads them."""
-    clip_ratio = config.clip_ratio
-    low = config.clip_ratio_low if config.clip_ratio_low is not None else clip_ratio
-    high = config.clip_ratio_high if config.clip_ratio_high is not None else clip_ratio
-    clip_ratio_c = config.get("clip_ratio_c", 3.0)
-    if not clip_ratio_c > 1.0:
-        raise ValueError(f"actor_rollout_ref.actor.clip_ratio_c={clip_ratio_c} must be > 1.0 (dual-clip PPO)")
-    return low, high, clip_ratio_c
-
-
 def _padded_bool(x: torch.Tensor) -> torch.Tensor:
     """A 0/1 per-token field as a padded ``[B, T]`` bool tensor (padding False), without an int64 copy."""
     if x.is_nested:
         return torch.nested.to_padded_tensor(x.bool(), padding=0)
     return x.to(torch.bool, copy=True)  # a copy: the caller's mask is never modified in place
+
+
+def unpad_model_output(
+    config: Any, model_output: dict[str, torch.Tensor], data: TensorDict
+) -> tuple[torch.Tensor, torch.Tensor | None, AggregationType]:
+    """Padded ``[B, T]`` log-probs and entropy, ``config.global_batch_info`` set, the loss metrics' aggregation.
+
+    Restates the opening of verl's ``verl.workers.utils.losses.ppo_loss`` (a registered policy loss cannot see
+    the batch's prefix fields there; docs/UPSTREAM.md): the same unpadding, the same global batch counts for
+    ``agg_loss`` (so micro-batch losses sum to the whole batch's), the same SUM/MEAN choice for loss metrics.
+    """
+    log_prob = no_padding_2_padding(model_output["log_probs"], data)
+    entropy = model_output.get("entropy", None)
+    if entropy is not None:
+        entropy = no_padding_2_padding(entropy, data)
+    info = config.global_batch_info
+    info["dp_size"] = data["dp_size"]
+    info["batch_num_tokens"] = data["batch_num_tokens"]
+    info["global_batch_size"] = data["global_batch_size"]
+    info["loss_scale_factor"] = config.loss_scale_factor
+    global_norm = (
+        data["dp_size"] > 1
+        or data["batch_num_tokens"] is not None
+        or data["global_batch_size"] is not None
+        or config.loss_scale_factor is not None
+    )
+    return log_prob, entropy, AggregationType.SUM if global_norm else AggregationType.MEAN
+
+
+def padded_batch(data: TensorDict, eclip: Any) -> tuple[TensorDict, dict[str, torch.Tensor]]:
+    """The per-token fields the loss reads, padded to ``[B, T]``: ``(batch, bool masks)``.
+
+    verl's ``ppo_loss`` selects ``response_mask``, ``old_log_probs``, ``advantages`` and the optional rollout
+    IS weights and ``ref_log_prob``; this adds ``prefix_mask``, the trainer's ``prefix_keep_mask`` (only when
+    the keep-mask was ranked on the driver) and verl's old-policy ``entropy`` (only when the micro-batch
+    ranks by it). The two 0/1 prefix fields come back as bool masks, not int64: 8x less memory for the call.
+    """
+    fields = ["response_mask", "old_log_probs", "advantages"]
+    fields += [f for f in ("rollout_is_weights", "ref_log_prob") if f in data.keys()]
+    if eclip.enable and eclip.scope == "micro_batch" and eclip.source == "old" and "entropy" in data.keys():
+        fields.append("entropy")
+    mask_fields = ["prefix_mask"]
+    if eclip.enable and eclip.scope != "micro_batch" and "prefix_keep_mask" in data.keys():
+        mask_fields.append("prefix_keep_mask")
+    masks = {f: _padded_bool(data[f]) for f in mask_fields}
+    batch = data.select(*fields).to_padded_tensor()
+    if "entropy" in batch.keys():
+        batch["entropy"] = batch["entropy"].float()
+    return batch, masks
+
+
+def demo_keep_mask(
+    prefix_mask: torch.Tensor,
+    keep_field: torch.Tensor | None,
+    entropy: torch.Tensor | None,
+    old_entropy: torch.Tensor | None,
+    eclip: Any,
+) -> torch.Tensor | None:
+    """Which demo-prefix tokens keep their advantage (paper sec. 3, entropy-based clipping); None: every one.
+
+    The paper keeps the top-k% highest-entropy demo tokens of each mini-batch and zeroes the advantage of
+    the rest. ``scope=mini_batch``/``batch``: the trainer ranked them on the driver and wrote
+    ``prefix_keep_mask`` (``keep_field``), required whenever the micro-batch has demo tokens.
+    ``scope=micro_batch`` (the authors' code): ranked here among this micro-batch's demo tokens, by the
+    current policy's ``entropy`` (``source=current``) or verl's pre-update ``old_entropy`` (``source=old``).
+    """
+    if not eclip.enable:
+        return None
+    if eclip.scope != "micro_batch":
+        if keep_field is None and prefix_mask.any():
+            raise ValueError(
+                "prefix_rft.entropy_clip.enable=true but the batch has no prefix_keep_mask: the "
+                "trainer must write it to TransferQueue before update_actor (or set "
+                "prefix_rft.entropy_clip.enable=false to train on every demo token)"
+            )
+        return keep_field
+    if eclip.source == "current":  # present: prefix_rft.verl_config.check_actor_loss
+        rank_by = entropy.detach()
+    elif old_entropy is None:
+        raise ValueError(
+            "prefix_rft.entropy_clip.source=old with scope=micro_batch needs the old policy's entropy "
+            "(`entropy`) in the actor batch, and it has none; set prefix_rft.entropy_clip.source=current "
+            "or scope=mini_batch"
+        )
+    else:
+        rank_by = old_entropy
+    return select_demo_tokens(rank_by, prefix_mask, eclip.top_ratio, eclip.selection)
+
+
+def token_loss(
+    log_prob: torch.Tensor,
+    batch: TensorDict,
+    response_mask: torch.Tensor,
+    prefix_mask: torch.Tensor,
+    keep_mask: torch.Tensor | None,
+    config: Any,
+    lcfg: Any,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The per-token policy term of paper sec. 3: :func:`prefix_rft.core.loss.prefix_rft_token_loss`.
+
+    Demo and generated tokens get the same dual-clip PPO weight (or the ``loss.is_mode`` variant), unkept
+    demo tokens advantage 0. The clip ratios are read as verl's ``compute_policy_loss_vanilla``
+    (``verl.trainer.ppo.core_algos``) reads them: ``clip_ratio_low``/``_high`` falling back to ``clip_ratio``.
+    """
+    clip_ratio = config.clip_ratio
+    return prefix_rft_token_loss(
+        log_prob,
+        batch["old_log_probs"],
+        batch["advantages"],
+        response_mask,
+        prefix_mask,
+        keep_mask,
+        clip_ratio_low=config.clip_ratio_low if config.clip_ratio_low is not None else clip_ratio,
+        clip_ratio_high=config.clip_ratio_high if config.clip_ratio_high is not None else clip_ratio,
+        clip_ratio_c=config.get("clip_ratio_c", 3.0),
+        is_mode=lcfg.is_mode,
+        luffy_gamma=lcfg.luffy_gamma,
+        sft_coef=lcfg.sft_coef,
+        rollout_is_weights=batch.get("rollout_is_weights", None),
+        prefix_clip=lcfg.resolved_prefix_clip(),
+        prefix_tokens=lcfg.prefix_tokens,
+    )
+
+
+def aggregate(
+    terms: dict[str, torch.Tensor | None],
+    batch: TensorDict,
+    response_mask: torch.Tensor,
+    prefix_mask: torch.Tensor,
+    config: Any,
+    lcfg: Any,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The scalar loss: policy term, minus the entropy bonus, plus the KL loss, each reduced by verl's ``agg_loss``.
+
+    Restates the tail of verl's ``verl.workers.utils.losses.ppo_loss`` (same coefficients, same
+    ``config.global_batch_info``) with Prefix-RFT's masks: the entropy bonus skips demo tokens unless
+    ``loss.entropy_bonus_on_prefix`` (the authors' "response_only"), and ``prefix_tokens=exclude`` (the paper's
+    "exclude the prefix from the loss" ablation) drops demo tokens from every mask. Unkept demo tokens stay in the
+    denominator, as in the paper's code. ``terms`` holds the ``[B, T]`` ``loss_mat``, the padded current
+    ``entropy`` (or None) and ``log_prob``; ``loss_mat`` is popped, so it is freed before the other terms.
+    Returns ``(loss, {metric key: aggregated term})``.
+    """
+    agg = functools.partial(agg_loss, loss_agg_mode=config.loss_agg_mode, **config.global_batch_info)
+    agg_mask = aggregation_mask(response_mask, prefix_mask, lcfg.prefix_tokens)
+    pg_loss = agg(loss_mat=terms.pop("loss_mat"), loss_mask=agg_mask)
+    loss, out = pg_loss, {"actor/pg_loss": pg_loss}
+    if terms["entropy"] is not None:
+        entropy_mask = entropy_loss_mask(response_mask, prefix_mask, lcfg.entropy_bonus_on_prefix) & agg_mask
+        out["actor/entropy_loss"] = agg(loss_mat=terms["entropy"], loss_mask=entropy_mask)
+        del entropy_mask
+        loss = loss - config.entropy_coeff * out["actor/entropy_loss"]
+    if config.use_kl_loss:
+        if "ref_log_prob" not in batch.keys():
+            raise ValueError("actor_rollout_ref.actor.use_kl_loss=true but the batch has no ref_log_prob")
+        kld = kl_penalty(
+            logprob=terms["log_prob"], ref_logprob=batch["ref_log_prob"], kl_penalty=config.kl_loss_type
+        )
+        out["kl_loss"] = agg(loss_mat=kld, loss_mask=agg_mask)
+        loss = loss + out["kl_loss"] * config.kl_loss_coef
+    return loss, out
+
+
+def loss_metrics(
+    core: dict[str, torch.Tensor],
+    losses: dict[str, torch.Tensor],
+    prefix_mask: torch.Tensor,
+    keep_mask: torch.Tensor | None,
+    config: Any,
+    num_minibatches: int,
+    aggregation: AggregationType,
+) -> dict[str, Any]:
+    """verl's actor metrics plus the ``prefix_rft/`` ones (module docstring), every key on every micro-batch.
+
+    ``actor/pg_clipfrac`` is over all response tokens as in verl; the continuation's and the demo tokens'
+    own clip fractions come from the core. Demo-token counts are step totals: verl averages each SUM metric
+    over dp ranks and sums it over a mini-batch's micro-batches (``Metric.aggregate_dp``), then the trainer
+    averages the mini-batches (``reduce_metrics``), so each micro-batch reports count * dp_size * mini-batches.
+    """
+    prefix_frac = core["prefix_token_frac"]
+    clipfrac_all = core["pg_clipfrac"] * (1 - prefix_frac) + core["pg_clipfrac_prefix"] * prefix_frac
+    pg_metrics = {
+        "actor/pg_clipfrac": clipfrac_all.item(),
+        "actor/ppo_kl": core["ppo_kl"].item(),
+        "actor/pg_clipfrac_lower": core["pg_clipfrac_lower"].item(),
+        "prefix_rft/pg_clipfrac_continuation": core["pg_clipfrac"].item(),
+        "prefix_rft/prefix_token_frac": prefix_frac.item(),
+    }
+    metrics: dict[str, Any] = dict(Metric.from_dict(pg_metrics, aggregation=AggregationType.MEAN))
+    scale = int(config.global_batch_info["dp_size"]) * num_minibatches
+    n_demo = prefix_mask.sum()
+    counts = {
+        "prefix_rft/demo_tokens": n_demo,
+        "prefix_rft/kept_demo_tokens": n_demo if keep_mask is None else (keep_mask & prefix_mask).sum(),
+        "prefix_rft/clipped_demo_tokens": torch.round(core["pg_clipfrac_prefix"] * n_demo),
+    }
+    for key, value in counts.items():
+        metrics[key] = Metric(value=float(value) * scale, aggregation=AggregationType.SUM)
+    for key, value in losses.items():
+        metrics[key] = Metric(value=value, aggregation=aggregation)
+    if "kl_loss" in losses:
+        metrics["kl_coef"] = config.kl_loss_coef
+    return metrics
 
 
 def prefix_rft_ppo_loss(
@@ -171,12 +353,13 @@ def prefix_rft_ppo_loss(
     data: TensorDict,
     dp_group: Any = None,
     *,
-    prefix_config: PrefixRFTConfig | None = None,
+    prefix_config: PrefixRFTConfig,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Prefix-RFT actor loss with the signature of verl's ``ppo_loss`` (see the module docstring).
 
     Args:
-        config: verl ``ActorConfig`` of the worker (``config.global_batch_info`` is filled here, as verl does).
+        config: verl ``ActorConfig`` of the worker (``config.global_batch_info`` is filled here, as verl does),
+            checked at start-up by :func:`prefix_rft.verl_config.validate_verl_config`.
         model_output: ``log_probs`` and optionally ``entropy``, nested (no-padding) over prompt+response.
         data: the micro-batch TensorDict (jagged per-token fields plus ``dp_size``, ``batch_num_tokens``,
             ``global_batch_size``).
@@ -186,171 +369,30 @@ def prefix_rft_ppo_loss(
     Returns:
         ``(loss, metrics)`` as ``ppo_loss``.
     """
-    check_loss_scale_factor(config)
     if "prefix_mask" not in data.keys():
-        if prefix_config is not None and prefix_config.num_prefixed > 0:
+        if prefix_config.num_prefixed > 0:
             raise ValueError(
                 f"prefix_rft.num_prefixed={prefix_config.num_prefixed} but the actor batch has no prefix_mask: "
                 "the rollouts did not come from the prefix_rft_agent loop. Set "
                 "actor_rollout_ref.rollout.agent.default_agent_loop=prefix_rft_agent (the recipe yaml does)."
             )
         return ppo_loss(config, model_output, data, dp_group)
-    if prefix_config is None:
-        raise ValueError(
-            "the batch carries prefix_mask but the loss has no prefix_rft config: install it with "
-            "actor_rollout_wg.set_loss_fn(make_prefix_rft_loss_fn(actor_config, prefix_cfg))"
-        )
     num_minibatches = check_minibatch_replay(data)
-    loss_mode = config.policy_loss.get("loss_mode", "vanilla")
-    if loss_mode != "vanilla":
-        raise ValueError(
-            f"actor_rollout_ref.actor.policy_loss.loss_mode={loss_mode!r} is not supported with "
-            "Prefix-RFT batches: its policy term is dual-clip PPO (set loss_mode=vanilla)"
-        )
-
-    log_prob = no_padding_2_padding(model_output["log_probs"], data)
-    entropy = model_output.get("entropy", None)
-    if entropy is not None:
-        entropy = no_padding_2_padding(entropy, data)
-
-    # global batch info for loss aggregation (as verl's ppo_loss)
-    config.global_batch_info["dp_size"] = data["dp_size"]
-    config.global_batch_info["batch_num_tokens"] = data["batch_num_tokens"]
-    config.global_batch_info["global_batch_size"] = data["global_batch_size"]
-    config.global_batch_info["loss_scale_factor"] = config.loss_scale_factor
-    if (
-        data["dp_size"] > 1
-        or data["batch_num_tokens"] is not None
-        or data["global_batch_size"] is not None
-        or config.loss_scale_factor is not None
-    ):
-        metric_aggregation = AggregationType.SUM
-    else:
-        metric_aggregation = AggregationType.MEAN
-
-    eclip = prefix_config.entropy_clip
-    keep_enabled = eclip.enable and eclip.scope != "micro_batch"  # micro_batch: ranked here, below
-    fields = ["response_mask", "old_log_probs", "advantages", "prefix_mask"]
-    if keep_enabled and "prefix_keep_mask" in data.keys():
-        fields.append("prefix_keep_mask")
-    if "rollout_is_weights" in data.keys():
-        fields.append("rollout_is_weights")
-    if "ref_log_prob" in data.keys():
-        fields.append("ref_log_prob")
-    rank_old_entropy = eclip.enable and eclip.scope == "micro_batch" and eclip.source == "old"
-    if rank_old_entropy and "entropy" in data.keys():
-        fields.append("entropy")  # verl's old-policy entropy (TransferQueue field `entropy`)
-    # The two 0/1 prefix fields are padded as bool, not int64: 8x less memory, live for the whole call.
-    masks = {f: _padded_bool(data[f]) for f in ("prefix_mask", "prefix_keep_mask") if f in fields}
-    data = data.select(*(f for f in fields if f not in masks)).to_padded_tensor()
-    old_entropy = data["entropy"].float() if rank_old_entropy and "entropy" in data.keys() else None
-
-    response_mask = data["response_mask"].to(bool)
+    log_prob, entropy, aggregation = unpad_model_output(config, model_output, data)
+    batch, masks = padded_batch(data, prefix_config.entropy_clip)
+    response_mask = batch["response_mask"].to(bool)
     prefix_mask = masks["prefix_mask"]
     prefix_mask &= response_mask  # in place: no third [B, T] mask
-    keep_mask = None
-    if keep_enabled:
-        if "prefix_keep_mask" not in masks:
-            if prefix_mask.any():
-                raise ValueError(
-                    "prefix_rft.entropy_clip.enable=true but the batch has no prefix_keep_mask: the "
-                    "trainer must write it to TransferQueue before update_actor (or set "
-                    "prefix_rft.entropy_clip.enable=false to train on every demo token)"
-                )
-        else:
-            keep_mask = masks["prefix_keep_mask"]
-    elif eclip.enable:
-        # scope=micro_batch: rank this micro-batch's demo tokens here, by the entropy_clip.source entropy
-        # (current: the authors' code; old: verl's pre-update entropy, written to TransferQueue as `entropy`).
-        if eclip.source == "current":
-            if entropy is None:
-                raise ValueError(
-                    "prefix_rft.entropy_clip.source=current ranks demo tokens by the current policy's "
-                    "entropy: set actor_rollout_ref.actor.calculate_entropy=true"
-                )
-            rank_by = entropy.detach()
-        else:
-            if old_entropy is None:
-                raise ValueError(
-                    "prefix_rft.entropy_clip.source=old with scope=micro_batch needs the old policy's entropy "
-                    "(`entropy`) in the actor batch, and it has none; set prefix_rft.entropy_clip.source=current "
-                    "or scope=mini_batch"
-                )
-            rank_by = old_entropy
-        keep_mask = select_demo_tokens(rank_by, prefix_mask, eclip.top_ratio, eclip.selection)
-
-    loss_agg_mode = config.loss_agg_mode
-    clip_low, clip_high, clip_c = _clip_params(config)
-    lcfg = prefix_config.loss
-    loss_mat, core_metrics = prefix_rft_token_loss(
-        log_prob,
-        data["old_log_probs"],
-        data["advantages"],
-        response_mask,
+    keep_mask = demo_keep_mask(
         prefix_mask,
-        keep_mask,
-        clip_ratio_low=clip_low,
-        clip_ratio_high=clip_high,
-        clip_ratio_c=clip_c,
-        is_mode=lcfg.is_mode,
-        luffy_gamma=lcfg.luffy_gamma,
-        sft_coef=lcfg.sft_coef,
-        rollout_is_weights=data.get("rollout_is_weights", None),
-        prefix_clip=lcfg.resolved_prefix_clip(),
-        prefix_tokens=lcfg.prefix_tokens,
+        masks.get("prefix_keep_mask"),
+        entropy,
+        batch.get("entropy", None),
+        prefix_config.entropy_clip,
     )
-    # prefix_tokens=exclude: demo tokens leave every aggregation mask (PPO, entropy, KL)
-    agg_mask = aggregation_mask(response_mask, prefix_mask, lcfg.prefix_tokens)
-    pg_loss = agg_loss(
-        loss_mat=loss_mat, loss_mask=agg_mask, loss_agg_mode=loss_agg_mode, **config.global_batch_info
-    )
-    del loss_mat  # not needed by backward: free it before the entropy and KL terms (peak memory)
-
-    prefix_frac = core_metrics["prefix_token_frac"]
-    clipfrac_all = (
-        core_metrics["pg_clipfrac"] * (1 - prefix_frac) + core_metrics["pg_clipfrac_prefix"] * prefix_frac
-    )
-    pg_metrics = {
-        "actor/pg_clipfrac": clipfrac_all.item(),
-        "actor/ppo_kl": core_metrics["ppo_kl"].item(),
-        "actor/pg_clipfrac_lower": core_metrics["pg_clipfrac_lower"].item(),
-        "prefix_rft/pg_clipfrac_continuation": core_metrics["pg_clipfrac"].item(),
-        "prefix_rft/prefix_token_frac": prefix_frac.item(),
-    }
-    metrics: dict[str, Any] = dict(Metric.from_dict(pg_metrics, aggregation=AggregationType.MEAN))
-    # Step totals: verl averages each SUM metric over dp ranks and sums it over a mini-batch's micro-batches
-    # (Metric.aggregate_dp), then the trainer averages the mini-batches (reduce_metrics). So each micro-batch
-    # reports count * dp_size * mini-batches and the logged value is the step's total (one epoch).
-    dp_size = int(config.global_batch_info["dp_size"]) * num_minibatches
-    n_demo = prefix_mask.sum()
-    counts = {
-        "prefix_rft/demo_tokens": n_demo,
-        "prefix_rft/kept_demo_tokens": n_demo if keep_mask is None else (keep_mask & prefix_mask).sum(),
-        "prefix_rft/clipped_demo_tokens": torch.round(core_metrics["pg_clipfrac_prefix"] * n_demo),
-    }
-    for key, value in counts.items():
-        metrics[key] = Metric(value=float(value) * dp_size, aggregation=AggregationType.SUM)
-    metrics["actor/pg_loss"] = Metric(value=pg_loss, aggregation=metric_aggregation)
-    policy_loss = pg_loss
-
-    if entropy is not None:
-        entropy_mask = entropy_loss_mask(response_mask, prefix_mask, lcfg.entropy_bonus_on_prefix) & agg_mask
-        entropy_loss = agg_loss(
-            loss_mat=entropy, loss_mask=entropy_mask, loss_agg_mode=loss_agg_mode, **config.global_batch_info
-        )
-        del entropy_mask
-        policy_loss = policy_loss - config.entropy_coeff * entropy_loss
-        metrics["actor/entropy_loss"] = Metric(value=entropy_loss, aggregation=metric_aggregation)
-
-    if config.use_kl_loss:
-        if "ref_log_prob" not in data.keys():
-            raise ValueError("actor_rollout_ref.actor.use_kl_loss=true but the batch has no ref_log_prob")
-        kld = kl_penalty(logprob=log_prob, ref_logprob=data["ref_log_prob"], kl_penalty=config.kl_loss_type)
-        kl_loss = agg_loss(
-            loss_mat=kld, loss_mask=agg_mask, loss_agg_mode=loss_agg_mode, **config.global_batch_info
-        )
-        policy_loss = policy_loss + kl_loss * config.kl_loss_coef
-        metrics["kl_loss"] = Metric(value=kl_loss, aggregation=metric_aggregation)
-        metrics["kl_coef"] = config.kl_loss_coef
-
-    return policy_loss, metrics
+    lcfg = prefix_config.loss
+    loss_mat, core = token_loss(log_prob, batch, response_mask, prefix_mask, keep_mask, config, lcfg)
+    terms = {"loss_mat": loss_mat, "entropy": entropy, "log_prob": log_prob}
+    del loss_mat  # `aggregate` pops it: not needed by backward, freed before the entropy and KL terms
+    loss, losses = aggregate(terms, batch, response_mask, prefix_mask, config, lcfg)
+    return loss, loss_metrics(core, losses, prefix_mask, keep_mask, config, num_minibatches, aggregation)

@@ -157,7 +157,8 @@ def validate_verl_config(cfg: Any) -> PrefixRFTConfig:
       * checkpoints (:func:`check_checkpoints`): ``trainer.default_local_dir`` writable with room for one
         checkpoint, and a complete checkpoint to resume from when one is expected;
       * entropy clipping per mini-batch needs fixed mini-batches across PPO epochs (no shuffling when
-        ``ppo_epochs > 1``); per micro-batch it needs the current-policy entropy in the actor.
+        ``ppo_epochs > 1``);
+      * what the actor loss relies on and does not re-check per micro-batch (:func:`check_actor_loss`).
     """
     pcfg = prefix_config_from_verl(cfg)
 
@@ -237,16 +238,6 @@ def validate_verl_config(cfg: Any) -> PrefixRFTConfig:
                 "single per-mini-batch entropy ranking cannot match them",
                 "actor_rollout_ref.actor.shuffle=false, or prefix_rft.entropy_clip.scope=batch",
             )
-        if ec.scope == "micro_batch" and ec.source == "current":
-            calc = bool(_select(cfg, "actor_rollout_ref.actor.calculate_entropy", False))
-            coeff = float(_select(cfg, "actor_rollout_ref.actor.entropy_coeff", 0.0))
-            if not calc and coeff == 0.0:
-                _fail(
-                    "actor_rollout_ref.actor.calculate_entropy",
-                    calc,
-                    "entropy_clip.source=current ranks by the current policy's entropy inside the loss",
-                    "actor_rollout_ref.actor.calculate_entropy=true",
-                )
     agg_mode = _select(cfg, "actor_rollout_ref.actor.loss_agg_mode", "token-mean")
     scale = _select(cfg, "actor_rollout_ref.actor.loss_scale_factor")
     if agg_mode == "seq-mean-token-sum-norm":
@@ -274,20 +265,57 @@ def validate_verl_config(cfg: Any) -> PrefixRFTConfig:
             "engine counts them in batch_num_tokens",
             "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum-norm (the recipe default)",
         )
+    check_actor_loss(cfg, pcfg)
     if pcfg.num_prefixed > 0:
-        loss_mode = _select(cfg, "actor_rollout_ref.actor.policy_loss.loss_mode", "vanilla")
-        if loss_mode != "vanilla":
-            _fail(
-                "actor_rollout_ref.actor.policy_loss.loss_mode",
-                loss_mode,
-                "the Prefix-RFT loss is dual-clip PPO on demo and generated tokens alike",
-                "actor_rollout_ref.actor.policy_loss.loss_mode=vanilla",
-            )
         check_val_files(_select(cfg, "data.val_files"), pcfg.demo_key)
         check_train_files(_select(cfg, "data.train_files"), pcfg.demo_key)
     check_context_length(cfg)
     check_checkpoints(cfg)
     return pcfg
+
+
+def check_actor_loss(cfg: Any, pcfg: PrefixRFTConfig) -> None:
+    """The actor config that :func:`prefix_rft.actor_loss.prefix_rft_ppo_loss` relies on without re-checking it.
+
+    The loss takes its Prefix-RFT path on every batch that carries ``prefix_mask``, i.e. whenever the
+    ``prefix_rft_agent`` loop rolls out, with or without demo prefixes (``num_prefixed=0`` gives all-zero masks).
+    That path needs: ``policy_loss.loss_mode=vanilla`` (its policy term is dual-clip PPO on demo and generated
+    tokens alike), ``clip_ratio_c > 1`` (the dual clip's bound, as verl's ``compute_policy_loss_vanilla``
+    asserts), and, when demo tokens are ranked inside the loss by the current policy's entropy
+    (``entropy_clip.scope=micro_batch``, ``source=current``), that entropy in the model output: verl computes it
+    when ``actor.calculate_entropy`` is true or ``actor.entropy_coeff`` is not 0
+    (``verl.trainer.ppo.v1.trainer_base.PPOTrainer._update_actor``). Other agent loops give plain batches, which
+    the loss hands to verl's ``ppo_loss`` untouched.
+    """
+    if _select(cfg, "actor_rollout_ref.rollout.agent.default_agent_loop") != AGENT_LOOP_NAME:
+        return
+    loss_mode = _select(cfg, "actor_rollout_ref.actor.policy_loss.loss_mode", "vanilla")
+    if loss_mode != "vanilla":
+        _fail(
+            "actor_rollout_ref.actor.policy_loss.loss_mode",
+            loss_mode,
+            "the Prefix-RFT loss is dual-clip PPO on demo and generated tokens alike",
+            "actor_rollout_ref.actor.policy_loss.loss_mode=vanilla",
+        )
+    clip_ratio_c = _select(cfg, "actor_rollout_ref.actor.clip_ratio_c", 3.0)
+    if not float(clip_ratio_c) > 1.0:
+        _fail(
+            "actor_rollout_ref.actor.clip_ratio_c",
+            clip_ratio_c,
+            "it is the lower bound of dual-clip PPO's ratio for negative advantages and must be > 1",
+            "actor_rollout_ref.actor.clip_ratio_c=3.0 (the paper)",
+        )
+    ec = pcfg.entropy_clip
+    if ec.enable and ec.scope == "micro_batch" and ec.source == "current":
+        calc = bool(_select(cfg, "actor_rollout_ref.actor.calculate_entropy", False))
+        coeff = float(_select(cfg, "actor_rollout_ref.actor.entropy_coeff", 0.0))
+        if not calc and coeff == 0.0:
+            _fail(
+                "actor_rollout_ref.actor.calculate_entropy",
+                calc,
+                "entropy_clip.source=current ranks by the current policy's entropy inside the loss",
+                "actor_rollout_ref.actor.calculate_entropy=true",
+            )
 
 
 def check_checkpoints(cfg: Any) -> None:

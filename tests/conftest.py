@@ -127,6 +127,7 @@ TIERS: dict[str, tuple[str, ...]] = {
         "test_smoke",
         "test_trainer_integration",
         "test_upstream_export",
+        "test_verl_patches",
         "test_vllm_cpu_overrides",
     ),
     "e2e": (

@@ -169,6 +169,7 @@ def test_megatron_and_sglang_compose():
         (["trainer.v1.trainer_mode=colocate_async"], "trainer.v1.trainer_mode"),
         (["actor_rollout_ref.actor.loss_scale_factor=null"], "actor_rollout_ref.actor.loss_scale_factor"),
         (["actor_rollout_ref.actor.loss_scale_factor=0"], "actor_rollout_ref.actor.loss_scale_factor"),
+        (["actor_rollout_ref.actor.clip_ratio_c=1.0"], "actor_rollout_ref.actor.clip_ratio_c"),
     ],
 )
 def test_invalid_values_fail_naming_the_key(overrides, key):
@@ -276,6 +277,29 @@ def test_run_scripts_print_the_composed_config(tmp_path):
 def test_non_vanilla_policy_loss_is_refused_at_start_up():
     with pytest.raises(PrefixRFTConfigError, match=r"policy_loss\.loss_mode='gspo'.*loss_mode=vanilla"):
         validate_verl_config(recipe_config("actor_rollout_ref.actor.policy_loss.loss_mode=gspo"))
+
+
+def test_what_the_actor_loss_no_longer_rechecks_is_refused_at_start_up():
+    """The actor loss relies on these (they were its per-micro-batch errors): refused by validate_verl_config,
+    also with num_prefixed=0, whose prefix_rft_agent batches still take the loss's Prefix-RFT path."""
+    with pytest.raises(PrefixRFTConfigError, match=r"loss_scale_factor=\$\{data.max_response_length\}"):
+        validate_verl_config(recipe_config("actor_rollout_ref.actor.loss_scale_factor=null"))
+    rft = "prefix_rft.num_prefixed=0"
+    with pytest.raises(PrefixRFTConfigError, match="loss_mode='gspo'"):
+        validate_verl_config(recipe_config(rft, "actor_rollout_ref.actor.policy_loss.loss_mode=gspo"))
+    current = (
+        "prefix_rft.entropy_clip.scope=micro_batch",
+        "prefix_rft.entropy_clip.source=current",
+        "actor_rollout_ref.actor.entropy_coeff=0",
+    )
+    with pytest.raises(PrefixRFTConfigError, match="calculate_entropy"):
+        validate_verl_config(recipe_config(rft, *current, "actor_rollout_ref.actor.calculate_entropy=false"))
+    validate_verl_config(recipe_config(rft, *current, "actor_rollout_ref.actor.calculate_entropy=true"))
+    with pytest.raises(PrefixRFTConfigError, match=r"clip_ratio_c=0\.5.*must be > 1"):
+        validate_verl_config(recipe_config(rft, "actor_rollout_ref.actor.clip_ratio_c=0.5"))
+    # another agent loop gives plain batches, which the loss hands to verl's ppo_loss (any loss_mode)
+    plain = "actor_rollout_ref.rollout.agent.default_agent_loop=single_turn_agent"
+    validate_verl_config(recipe_config(rft, plain, "actor_rollout_ref.actor.policy_loss.loss_mode=gspo"))
 
 
 def test_validation_rows_that_would_be_prefixed_are_refused(tmp_path):
