@@ -395,7 +395,7 @@ IDEAS = (
             "actor_rollout_ref.actor.clip_ratio_c",
             "prefix_rft.loss",
         ),
-        (("core/loss.py", "aggregation_mask"), ("actor_loss.py", "pg_loss = agg_loss(")),
+        (("core/loss.py", "aggregation_mask"), ("actor_loss.py", "aggregate")),
     ),
     Idea(
         "Optional per-prompt guidance",

@@ -75,7 +75,7 @@ def test_the_export_holds_library_recipe_launchers_and_pin(tree):
     for idea in exporter.IDEAS:
         assert f"### {idea.title}" in readme
     assert "def ratio_lower_bound(" in readme and "def group_advantage(" in readme
-    assert "def select_demo_tokens(" in readme and "pg_loss = agg_loss(" in readme and "| `luffy` |" in readme
+    assert "def select_demo_tokens(" in readme and "def aggregate(" in readme and "| `luffy` |" in readme
 
 
 def test_python_m_composes_the_exported_recipe_without_the_package(tree):
