@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from verl.trainer.ppo.core_algos import register_adv_est
 
-from prefix_rft.config import AdvantageConfig
+from prefix_rft.config import ADV_MODES, AdvantageConfig
 from prefix_rft.core.advantage import dr_grpo_prefix_advantage, group_advantage, on_policy_baseline_advantage
 from prefix_rft.verl_config import ADV_ESTIMATOR_NAME as ESTIMATOR_NAME
 
@@ -99,8 +99,6 @@ def compute_prefix_rft_advantage(
     elif cfg.mode == "group":
         adv = group_advantage(scores, uids, norm_by_std=cfg.norm_by_std)
     else:  # an AdvantageConfig built without validation: never fall back silently to another estimator
-        raise ValueError(
-            f"prefix_rft.advantage.mode={cfg.mode!r} is not one of group, on_policy_baseline, dr_grpo_prefix"
-        )
+        raise ValueError(f"prefix_rft.advantage.mode={cfg.mode!r} is not one of {ADV_MODES}")
     adv = adv.to(token_level_rewards.device).unsqueeze(-1) * response_mask
     return adv, adv

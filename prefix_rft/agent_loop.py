@@ -325,7 +325,7 @@ class _SplicingClient:
             demo_ids,
             plan.ratio,
             agent.response_length,
-            agent.prefix_cfg.ratio.min_prefix_tokens,
+            min_prefix_tokens=agent.prefix_cfg.ratio.min_prefix_tokens,
             context_room=room,
         )
         plan.prefix_ids, plan.truncated = splice.prefix_ids, splice.truncated

@@ -14,13 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from prefix_rft.core.entropy import SELECTIONS as ENTROPY_SELECTIONS
 from prefix_rft.core.guidance import COLD_START_RULES, GUIDANCE_MODES
 from prefix_rft.core.loss import IS_MODES, PREFIX_TOKEN_MODES
+from prefix_rft.core.schedule import SAMPLERS, SCHEDULES
 
-SCHEDULES = ("cosine", "linear", "const")
-SAMPLERS = ("uniform", "beta")
 ENTROPY_SCOPES = ("mini_batch", "batch", "micro_batch")
-ENTROPY_SELECTIONS = ("top", "random", "bottom")
 ENTROPY_SOURCES = ("old", "current")
 ADV_MODES = ("group", "on_policy_baseline", "dr_grpo_prefix")
 
@@ -59,6 +58,36 @@ class RatioScheduleConfig:
     beta: float = 1.0
     min_prefix_tokens: int = 1
 
+    def validate(self) -> None:
+        """Check every ``prefix_rft.ratio.*`` value (see :meth:`PrefixRFTConfig.validate`)."""
+        _check(self.schedule in SCHEDULES, "ratio.schedule", self.schedule, f"one of {SCHEDULES}")
+        for name in ("low_start", "low_end", "high"):
+            v = getattr(self, name)
+            _check(_is_num(v) and 0.0 <= v <= 1.0, f"ratio.{name}", v, "a float in [0, 1]")
+        _check(self.low_start <= self.high, "ratio.low_start", self.low_start, f"<= ratio.high={self.high}")
+        _check(self.low_end <= self.high, "ratio.low_end", self.low_end, f"<= ratio.high={self.high}")
+        _check(
+            _is_int(self.decay_steps) and self.decay_steps >= 1,
+            "ratio.decay_steps",
+            self.decay_steps,
+            "an integer >= 1",
+        )
+        _check(
+            _is_int(self.delay_steps) and self.delay_steps >= 0,
+            "ratio.delay_steps",
+            self.delay_steps,
+            "an integer >= 0",
+        )
+        _check(self.sampler in SAMPLERS, "ratio.sampler", self.sampler, f"one of {SAMPLERS}")
+        _check(_is_num(self.alpha) and self.alpha > 0, "ratio.alpha", self.alpha, "a float > 0")
+        _check(_is_num(self.beta) and self.beta > 0, "ratio.beta", self.beta, "a float > 0")
+        _check(
+            _is_int(self.min_prefix_tokens) and self.min_prefix_tokens >= 0,
+            "ratio.min_prefix_tokens",
+            self.min_prefix_tokens,
+            "an integer >= 0",
+        )
+
 
 @dataclass
 class EntropyClipConfig:
@@ -85,6 +114,41 @@ class EntropyClipConfig:
     scope: str = "mini_batch"
     selection: str = "top"
     source: str = "old"
+
+    def validate(self) -> None:
+        """Check every ``prefix_rft.entropy_clip.*`` value (see :meth:`PrefixRFTConfig.validate`)."""
+        _check(isinstance(self.enable, bool), "entropy_clip.enable", self.enable, "true or false")
+        _check(
+            _is_num(self.top_ratio) and 0.0 < self.top_ratio <= 1.0,
+            "entropy_clip.top_ratio",
+            self.top_ratio,
+            "a float in (0, 1]",
+        )
+        _check(self.scope in ENTROPY_SCOPES, "entropy_clip.scope", self.scope, f"one of {ENTROPY_SCOPES}")
+        _check(
+            self.selection in ENTROPY_SELECTIONS,
+            "entropy_clip.selection",
+            self.selection,
+            f"one of {ENTROPY_SELECTIONS}",
+        )
+        _check(
+            self.source in ENTROPY_SOURCES, "entropy_clip.source", self.source, f"one of {ENTROPY_SOURCES}"
+        )
+        _check(
+            not (self.source == "current" and self.scope != "micro_batch"),
+            "entropy_clip.source",
+            self.source,
+            "old with entropy_clip.scope=mini_batch or batch (those rankings are decided on the driver "
+            "before the update, where only the old policy's entropy exists); or set "
+            "entropy_clip.scope=micro_batch to rank the current policy's entropy inside the loss",
+        )
+        _check(
+            not (self.selection == "random" and self.scope == "micro_batch"),
+            "entropy_clip.selection",
+            self.selection,
+            "top or bottom with entropy_clip.scope=micro_batch (a random choice reads no entropy and is "
+            "seeded per step on the driver: use entropy_clip.scope=mini_batch or batch)",
+        )
 
 
 @dataclass
@@ -114,6 +178,41 @@ class PrefixLossConfig:
     prefix_clip: bool | None = None
     prefix_tokens: str = "train"
 
+    def validate(self) -> None:
+        """Check every ``prefix_rft.loss.*`` value (see :meth:`PrefixRFTConfig.validate`)."""
+        _check(self.is_mode in IS_MODES, "loss.is_mode", self.is_mode, f"one of {IS_MODES}")
+        _check(
+            _is_num(self.luffy_gamma) and self.luffy_gamma > 0,
+            "loss.luffy_gamma",
+            self.luffy_gamma,
+            "a float > 0",
+        )
+        _check(_is_num(self.sft_coef) and self.sft_coef >= 0, "loss.sft_coef", self.sft_coef, "a float >= 0")
+        _check(
+            isinstance(self.entropy_bonus_on_prefix, bool),
+            "loss.entropy_bonus_on_prefix",
+            self.entropy_bonus_on_prefix,
+            "true or false",
+        )
+        _check(
+            self.prefix_clip is None or isinstance(self.prefix_clip, bool),
+            "loss.prefix_clip",
+            self.prefix_clip,
+            "null (per is_mode: true for ppo, false for behavior_one/luffy), true or false",
+        )
+        _check(
+            self.prefix_tokens in PREFIX_TOKEN_MODES,
+            "loss.prefix_tokens",
+            self.prefix_tokens,
+            f"one of {PREFIX_TOKEN_MODES}",
+        )
+        _check(
+            not (self.prefix_tokens == "exclude" and self.sft_coef),
+            "loss.sft_coef",
+            self.sft_coef,
+            "0 with loss.prefix_tokens=exclude (excluded demo tokens carry no term; use prefix_tokens=freeze)",
+        )
+
     def resolved_prefix_clip(self) -> bool:
         """``prefix_clip`` with its null default resolved per ``is_mode`` (one home: the core loss)."""
         from prefix_rft.core.loss import resolve_prefix_clip
@@ -137,6 +236,18 @@ class AdvantageConfig:
 
     mode: str = "group"
     norm_by_std: bool = False
+
+    def validate(self) -> None:
+        """Check every ``prefix_rft.advantage.*`` value (see :meth:`PrefixRFTConfig.validate`)."""
+        _check(self.mode in ADV_MODES, "advantage.mode", self.mode, f"one of {ADV_MODES}")
+        _check(isinstance(self.norm_by_std, bool), "advantage.norm_by_std", self.norm_by_std, "true or false")
+        _check(
+            not (self.mode == "dr_grpo_prefix" and self.norm_by_std),
+            "advantage.norm_by_std",
+            self.norm_by_std,
+            "false with advantage.mode=dr_grpo_prefix (a Dr.GRPO estimator: no std; its raw-reward "
+            "continuation term has no group to take a std over)",
+        )
 
 
 @dataclass
@@ -178,6 +289,79 @@ class GuidanceConfig:
     max_ratio: float = 0.95
     cap_by_schedule: bool = False
 
+    def validate(self, num_prefixed: int, rollout_n: int | None = None) -> None:
+        """Check every ``prefix_rft.guidance.*`` value against ``num_prefixed`` and verl's ``rollout.n``
+        (see :meth:`PrefixRFTConfig.validate`)."""
+        _check(self.mode in GUIDANCE_MODES, "guidance.mode", self.mode, f"one of {GUIDANCE_MODES}")
+        _check(
+            not (self.mode != "schedule" and num_prefixed == 0),
+            "guidance.mode",
+            self.mode,
+            "schedule with num_prefixed=0 (there is no hybrid rollout to guide; set num_prefixed >= 1)",
+        )
+        if rollout_n is not None:
+            _check(
+                self.mode == "schedule" or num_prefixed < rollout_n,
+                "guidance.mode",
+                self.mode,
+                f"schedule when num_prefixed={num_prefixed} equals actor_rollout_ref.rollout.n={rollout_n} "
+                "(a guided prompt would have no on-policy rollout to measure its success by); or lower num_prefixed",
+            )
+        _check(
+            _is_num(self.threshold) and 0.0 <= self.threshold < 1.0,
+            "guidance.threshold",
+            self.threshold,
+            "a float in [0, 1) (0 = guide only prompts whose on-policy rollouts all failed)",
+        )
+        _check(
+            self.cold_start in COLD_START_RULES,
+            "guidance.cold_start",
+            self.cold_start,
+            f"one of {COLD_START_RULES}",
+        )
+        _check(
+            _is_num(self.success_score),
+            "guidance.success_score",
+            self.success_score,
+            "a number (a reward score)",
+        )
+        _check(
+            _is_num(self.success_ema) and 0.0 < self.success_ema <= 1.0,
+            "guidance.success_ema",
+            self.success_ema,
+            "a float in (0, 1] (1 = the last visit alone)",
+        )
+        _check(
+            _is_num(self.target) and 0.0 < self.target < 1.0,
+            "guidance.target",
+            self.target,
+            "a float in (0, 1)",
+        )
+        _check(
+            _is_num(self.step_size) and self.step_size > 0.0,
+            "guidance.step_size",
+            self.step_size,
+            "a float > 0",
+        )
+        _check(
+            _is_num(self.max_ratio) and 0.0 < self.max_ratio <= 1.0,
+            "guidance.max_ratio",
+            self.max_ratio,
+            "a float in (0, 1]",
+        )
+        _check(
+            _is_num(self.init_ratio) and 0.0 <= self.init_ratio <= self.max_ratio,
+            "guidance.init_ratio",
+            self.init_ratio,
+            f"a float in [0, guidance.max_ratio={self.max_ratio}]",
+        )
+        _check(
+            isinstance(self.cap_by_schedule, bool),
+            "guidance.cap_by_schedule",
+            self.cap_by_schedule,
+            "true or false",
+        )
+
 
 @dataclass
 class PrefixRFTConfig:
@@ -216,8 +400,11 @@ class PrefixRFTConfig:
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
 
     def validate(self, rollout_n: int | None = None) -> PrefixRFTConfig:
-        """Check every value's type and range; raise :class:`PrefixRFTConfigError` naming the key and the fix."""
-        r, e, lo, a = self.ratio, self.entropy_clip, self.loss, self.advantage
+        """Check every value's type and range; raise :class:`PrefixRFTConfigError` naming the key and the fix.
+
+        The top-level fields here, then each sub-config's own ``validate`` (ratio, entropy_clip, loss,
+        advantage, guidance), in that order. ``rollout_n`` is verl's ``actor_rollout_ref.rollout.n``.
+        """
         _check(
             _is_int(self.num_prefixed) and self.num_prefixed >= 0,
             "num_prefixed",
@@ -250,162 +437,12 @@ class PrefixRFTConfig:
             self.val_seed,
             "an integer, or null for the rollout engine's own random stream",
         )
-        _check(r.schedule in SCHEDULES, "ratio.schedule", r.schedule, f"one of {SCHEDULES}")
-        for name in ("low_start", "low_end", "high"):
-            v = getattr(r, name)
-            _check(_is_num(v) and 0.0 <= v <= 1.0, f"ratio.{name}", v, "a float in [0, 1]")
-        _check(r.low_start <= r.high, "ratio.low_start", r.low_start, f"<= ratio.high={r.high}")
-        _check(r.low_end <= r.high, "ratio.low_end", r.low_end, f"<= ratio.high={r.high}")
-        _check(
-            _is_int(r.decay_steps) and r.decay_steps >= 1,
-            "ratio.decay_steps",
-            r.decay_steps,
-            "an integer >= 1",
-        )
-        _check(
-            _is_int(r.delay_steps) and r.delay_steps >= 0,
-            "ratio.delay_steps",
-            r.delay_steps,
-            "an integer >= 0",
-        )
-        _check(r.sampler in SAMPLERS, "ratio.sampler", r.sampler, f"one of {SAMPLERS}")
-        _check(_is_num(r.alpha) and r.alpha > 0, "ratio.alpha", r.alpha, "a float > 0")
-        _check(_is_num(r.beta) and r.beta > 0, "ratio.beta", r.beta, "a float > 0")
-        _check(
-            _is_int(r.min_prefix_tokens) and r.min_prefix_tokens >= 0,
-            "ratio.min_prefix_tokens",
-            r.min_prefix_tokens,
-            "an integer >= 0",
-        )
-        _check(isinstance(e.enable, bool), "entropy_clip.enable", e.enable, "true or false")
-        _check(
-            _is_num(e.top_ratio) and 0.0 < e.top_ratio <= 1.0,
-            "entropy_clip.top_ratio",
-            e.top_ratio,
-            "a float in (0, 1]",
-        )
-        _check(e.scope in ENTROPY_SCOPES, "entropy_clip.scope", e.scope, f"one of {ENTROPY_SCOPES}")
-        _check(
-            e.selection in ENTROPY_SELECTIONS,
-            "entropy_clip.selection",
-            e.selection,
-            f"one of {ENTROPY_SELECTIONS}",
-        )
-        _check(e.source in ENTROPY_SOURCES, "entropy_clip.source", e.source, f"one of {ENTROPY_SOURCES}")
-        _check(
-            not (e.source == "current" and e.scope != "micro_batch"),
-            "entropy_clip.source",
-            e.source,
-            "old with entropy_clip.scope=mini_batch or batch (those rankings are decided on the driver "
-            "before the update, where only the old policy's entropy exists); or set "
-            "entropy_clip.scope=micro_batch to rank the current policy's entropy inside the loss",
-        )
-        _check(
-            not (e.selection == "random" and e.scope == "micro_batch"),
-            "entropy_clip.selection",
-            e.selection,
-            "top or bottom with entropy_clip.scope=micro_batch (a random choice reads no entropy and is "
-            "seeded per step on the driver: use entropy_clip.scope=mini_batch or batch)",
-        )
-        _check(lo.is_mode in IS_MODES, "loss.is_mode", lo.is_mode, f"one of {IS_MODES}")
-        _check(
-            _is_num(lo.luffy_gamma) and lo.luffy_gamma > 0, "loss.luffy_gamma", lo.luffy_gamma, "a float > 0"
-        )
-        _check(_is_num(lo.sft_coef) and lo.sft_coef >= 0, "loss.sft_coef", lo.sft_coef, "a float >= 0")
-        _check(
-            isinstance(lo.entropy_bonus_on_prefix, bool),
-            "loss.entropy_bonus_on_prefix",
-            lo.entropy_bonus_on_prefix,
-            "true or false",
-        )
-        _check(
-            lo.prefix_clip is None or isinstance(lo.prefix_clip, bool),
-            "loss.prefix_clip",
-            lo.prefix_clip,
-            "null (per is_mode: true for ppo, false for behavior_one/luffy), true or false",
-        )
-        _check(
-            lo.prefix_tokens in PREFIX_TOKEN_MODES,
-            "loss.prefix_tokens",
-            lo.prefix_tokens,
-            f"one of {PREFIX_TOKEN_MODES}",
-        )
-        _check(
-            not (lo.prefix_tokens == "exclude" and lo.sft_coef),
-            "loss.sft_coef",
-            lo.sft_coef,
-            "0 with loss.prefix_tokens=exclude (excluded demo tokens carry no term; use prefix_tokens=freeze)",
-        )
-        _check(a.mode in ADV_MODES, "advantage.mode", a.mode, f"one of {ADV_MODES}")
-        _check(isinstance(a.norm_by_std, bool), "advantage.norm_by_std", a.norm_by_std, "true or false")
-        _check(
-            not (a.mode == "dr_grpo_prefix" and a.norm_by_std),
-            "advantage.norm_by_std",
-            a.norm_by_std,
-            "false with advantage.mode=dr_grpo_prefix (a Dr.GRPO estimator: no std; its raw-reward "
-            "continuation term has no group to take a std over)",
-        )
-        self._validate_guidance(rollout_n)
+        self.ratio.validate()
+        self.entropy_clip.validate()
+        self.loss.validate()
+        self.advantage.validate()
+        self.guidance.validate(self.num_prefixed, rollout_n)
         return self
-
-    def _validate_guidance(self, rollout_n: int | None) -> None:
-        g = self.guidance
-        _check(g.mode in GUIDANCE_MODES, "guidance.mode", g.mode, f"one of {GUIDANCE_MODES}")
-        _check(
-            not (g.mode != "schedule" and self.num_prefixed == 0),
-            "guidance.mode",
-            g.mode,
-            "schedule with num_prefixed=0 (there is no hybrid rollout to guide; set num_prefixed >= 1)",
-        )
-        if rollout_n is not None:
-            _check(
-                g.mode == "schedule" or self.num_prefixed < rollout_n,
-                "guidance.mode",
-                g.mode,
-                f"schedule when num_prefixed={self.num_prefixed} equals actor_rollout_ref.rollout.n={rollout_n} "
-                "(a guided prompt would have no on-policy rollout to measure its success by); or lower num_prefixed",
-            )
-        _check(
-            _is_num(g.threshold) and 0.0 <= g.threshold < 1.0,
-            "guidance.threshold",
-            g.threshold,
-            "a float in [0, 1) (0 = guide only prompts whose on-policy rollouts all failed)",
-        )
-        _check(
-            g.cold_start in COLD_START_RULES,
-            "guidance.cold_start",
-            g.cold_start,
-            f"one of {COLD_START_RULES}",
-        )
-        _check(
-            _is_num(g.success_score), "guidance.success_score", g.success_score, "a number (a reward score)"
-        )
-        _check(
-            _is_num(g.success_ema) and 0.0 < g.success_ema <= 1.0,
-            "guidance.success_ema",
-            g.success_ema,
-            "a float in (0, 1] (1 = the last visit alone)",
-        )
-        _check(_is_num(g.target) and 0.0 < g.target < 1.0, "guidance.target", g.target, "a float in (0, 1)")
-        _check(_is_num(g.step_size) and g.step_size > 0.0, "guidance.step_size", g.step_size, "a float > 0")
-        _check(
-            _is_num(g.max_ratio) and 0.0 < g.max_ratio <= 1.0,
-            "guidance.max_ratio",
-            g.max_ratio,
-            "a float in (0, 1]",
-        )
-        _check(
-            _is_num(g.init_ratio) and 0.0 <= g.init_ratio <= g.max_ratio,
-            "guidance.init_ratio",
-            g.init_ratio,
-            f"a float in [0, guidance.max_ratio={g.max_ratio}]",
-        )
-        _check(
-            isinstance(g.cap_by_schedule, bool),
-            "guidance.cap_by_schedule",
-            g.cap_by_schedule,
-            "true or false",
-        )
 
 
 def _is_int(value: Any) -> bool:

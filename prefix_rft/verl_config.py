@@ -15,6 +15,10 @@ from prefix_rft.config import PrefixRFTConfig, PrefixRFTConfigError, from_dict
 AGENT_LOOP_NAME = "prefix_rft_agent"
 ADV_ESTIMATOR_NAME = "prefix_rft"
 
+RECIPE_LOSS_AGG_MODE = "seq-mean-token-sum-norm"
+"""The recipe's ``actor_rollout_ref.actor.loss_agg_mode``: Dr.GRPO's objective (paper A.2). A config without
+the key is read as having this value; the recipe yaml writes the same, and a test checks that they agree."""
+
 VALIDATION_SPLITS = ("test", "val", "valid", "validation", "eval", "evaluation")
 """``extra_info.split`` values that mark a row as validation: the agent loop never prefixes such a row.
 
@@ -238,7 +242,7 @@ def validate_verl_config(cfg: Any) -> PrefixRFTConfig:
                 "single per-mini-batch entropy ranking cannot match them",
                 "actor_rollout_ref.actor.shuffle=false, or prefix_rft.entropy_clip.scope=batch",
             )
-    agg_mode = _select(cfg, "actor_rollout_ref.actor.loss_agg_mode", "token-mean")
+    agg_mode = _select(cfg, "actor_rollout_ref.actor.loss_agg_mode", RECIPE_LOSS_AGG_MODE)
     scale = _select(cfg, "actor_rollout_ref.actor.loss_scale_factor")
     if agg_mode == "seq-mean-token-sum-norm":
         if scale is None:
@@ -263,7 +267,7 @@ def validate_verl_config(cfg: Any) -> PrefixRFTConfig:
             "prefix_rft.loss.prefix_tokens=exclude removes demo tokens from the denominator, which only "
             "seq-mean-token-sum-norm (a constant per response) honours exactly; under token-mean verl's "
             "engine counts them in batch_num_tokens",
-            "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum-norm (the recipe default)",
+            f"actor_rollout_ref.actor.loss_agg_mode={RECIPE_LOSS_AGG_MODE} (the recipe default)",
         )
     check_actor_loss(cfg, pcfg)
     if pcfg.num_prefixed > 0:

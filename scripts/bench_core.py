@@ -1,8 +1,10 @@
 """Benchmark the algorithm core against baselines in the same run (ratios, not absolute targets).
 
-1. Entropy top-k selection (kthvalue, O(N)) vs a sort-based selection, on 1M and 8M tokens.
+1. Entropy top-k selection (kthvalue, O(N); the recipe's ``select_demo_tokens`` with the default
+   ``PrefixRFTConfig.entropy_clip``) vs a sort-based selection, on 1M and 8M tokens.
 2. The per-token Prefix-RFT loss with every option on vs verl's ``compute_policy_loss_vanilla`` on the
-   same 16 x 8192 inputs (forward + backward), both aggregated with token-mean.
+   same 16 x 8192 inputs (forward + backward), both aggregated with verl's ``agg_loss`` (token-mean), as the
+   actor loss does.
 
 Usage: python scripts/bench_core.py [--device cpu|cuda] [--repeats N] [--threads N] [--quick]
 
@@ -15,12 +17,16 @@ The last lines are machine-readable, one figure a line: ``RESULT <name>=<value>`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
 import torch
 
-from prefix_rft.core.entropy import num_kept, select_top_entropy
+from prefix_rft.config import PrefixRFTConfig
+from prefix_rft.core.entropy import num_kept, select_demo_tokens
+
+DEFAULTS = PrefixRFTConfig()
 
 
 def _time_once(fn, device: str) -> float:
@@ -59,27 +65,29 @@ def bench_selection(
     device: str, repeats: int, sizes: tuple[int, int] = (1 << 20, 8 << 20)
 ) -> list[tuple[str, float, float]]:
     rows = []
+    ecfg = DEFAULTS.entropy_clip
+    k = ecfg.top_ratio
     for tokens in sizes:
         g = torch.Generator(device="cpu").manual_seed(0)
         entropy = torch.rand(tokens // 8192, 8192, generator=g).to(device)
         prefix = (torch.rand(tokens // 8192, 8192, generator=g) < 0.5).to(device)
         ours, ref = _compare(
-            lambda e=entropy, p=prefix: select_top_entropy(e, p, 0.2),
-            lambda e=entropy, p=prefix: sort_based_selection(e, p, 0.2),
+            lambda e=entropy, p=prefix: select_demo_tokens(e, p, k, ecfg.selection),
+            lambda e=entropy, p=prefix: sort_based_selection(e, p, k),
             repeats,
             device,
         )
-        assert int(select_top_entropy(entropy, prefix, 0.2).sum()) == int(
-            sort_based_selection(entropy, prefix, 0.2).sum()
+        assert int(select_demo_tokens(entropy, prefix, k, ecfg.selection).sum()) == int(
+            sort_based_selection(entropy, prefix, k).sum()
         )
-        rows.append((f"entropy top-20% on {tokens / 2**20:g}M tokens", ours, ref))
+        rows.append((f"entropy {ecfg.selection}-{k:.0%} on {tokens / 2**20:g}M tokens", ours, ref))
     return rows
 
 
 def bench_loss(device: str, repeats: int, batch: int, seq: int) -> tuple[str, float, float]:
-    from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla
+    from verl.trainer.ppo.core_algos import agg_loss, compute_policy_loss_vanilla
 
-    from prefix_rft.core.loss import aggregate_loss, prefix_rft_token_loss
+    from prefix_rft.core.loss import prefix_rft_token_loss
 
     class _Cfg(dict):  # the attributes compute_policy_loss_vanilla reads off an ActorConfig
         __getattr__ = dict.get
@@ -87,6 +95,8 @@ def bench_loss(device: str, repeats: int, batch: int, seq: int) -> tuple[str, fl
     cfg = _Cfg(
         clip_ratio=0.2, clip_ratio_low=0.2, clip_ratio_high=0.2, clip_ratio_c=3.0, global_batch_info={}
     )
+    # every option on: LUFFY's shaping (unclipped, its resolved default) plus an SFT term, on the default config
+    lcfg = dataclasses.replace(DEFAULTS.loss, is_mode="luffy", sft_coef=0.001)
     g = torch.Generator(device="cpu").manual_seed(0)
     log_prob = (torch.rand(batch, seq, generator=g) * -3).to(device)
     old = (log_prob.cpu() + torch.randn(batch, seq, generator=g) * 0.1).to(device)
@@ -101,9 +111,23 @@ def bench_loss(device: str, repeats: int, batch: int, seq: int) -> tuple[str, fl
     def ours():
         lp = log_prob.clone().requires_grad_(True)
         mat, _ = prefix_rft_token_loss(
-            lp, old, adv, mask, prefix, keep, is_mode="luffy", sft_coef=0.001, rollout_is_weights=weights
+            lp,
+            old,
+            adv,
+            mask,
+            prefix,
+            keep,
+            clip_ratio_low=cfg.clip_ratio_low,
+            clip_ratio_high=cfg.clip_ratio_high,
+            clip_ratio_c=cfg.clip_ratio_c,
+            is_mode=lcfg.is_mode,
+            luffy_gamma=lcfg.luffy_gamma,
+            sft_coef=lcfg.sft_coef,
+            prefix_clip=lcfg.resolved_prefix_clip(),
+            prefix_tokens=lcfg.prefix_tokens,
+            rollout_is_weights=weights,
         )
-        aggregate_loss(mat, mask, "token-mean").backward()
+        agg_loss(mat, mask, "token-mean").backward()
 
     def verl():
         lp = log_prob.clone().requires_grad_(True)

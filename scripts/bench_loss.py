@@ -8,13 +8,13 @@ allocation/free events on CPU. Two pairs, each timed alternately in the same run
 - hybrid: a micro-batch as the Prefix-RFT trainer hands it to the actor (``num_prefixed`` of every
   ``rollout_n`` rows start from a demo prefix; ``prefix_mask`` and the entropy ``prefix_keep_mask``
   written by :func:`prefix_rft.trainer.build_keep_mask`, int64 jagged like every TransferQueue field):
-  ``prefix_rft_ppo_loss`` (``num_prefixed=1``) vs verl's ``ppo_loss`` on that same micro-batch
+  ``prefix_rft_ppo_loss`` (the default ``num_prefixed``) vs verl's ``ppo_loss`` on that same micro-batch
   (``ppo_loss`` ignores the two prefix fields);
 - plain: the same micro-batch without prefix fields: ``prefix_rft_ppo_loss`` with ``num_prefixed=0``
   (it hands the batch to ``ppo_loss``) vs ``ppo_loss``.
 
 Both use the recipe's loss settings plus the KL loss (every term on): token-mean, entropy bonus 0.001,
-dual clip c=3, entropy clipping top 20%.
+dual clip c=3, entropy clipping as ``PrefixRFTConfig.entropy_clip`` defaults it.
 The last lines are machine-readable, one figure a line: ``RESULT <name>=<value>``.
 
     python scripts/bench_loss.py --threads 1            # 8 x 4096 response tokens, CPU (make bench)
@@ -34,11 +34,11 @@ from verl.workers.config import FSDPActorConfig
 from verl.workers.utils.losses import ppo_loss
 
 from prefix_rft.actor_loss import make_prefix_rft_loss_fn
-from prefix_rft.config import from_dict
+from prefix_rft.config import PrefixRFTConfig, from_dict
 from prefix_rft.trainer import build_keep_mask
 
 ROLLOUT_N = 8
-NUM_PREFIXED = 1
+NUM_PREFIXED = PrefixRFTConfig().num_prefixed
 
 
 def make_inputs(

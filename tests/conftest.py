@@ -11,7 +11,7 @@ added to :data:`TIERS` (collection fails otherwise), so no test is left out of a
 Shared helpers, one home each (imported by the modules as ``from conftest import ...``, or as fixtures of the
 same names): :func:`compose_recipe` (the recipe's hydra config in this process), :func:`run_launcher` (a
 ``scripts/*.sh`` launcher in a subprocess, ``--cfg job`` by default), and the session-wide tiny assets
-``tiny_tokenizer`` / ``tiny_model_dir``.
+``tiny_tokenizer`` / ``tiny_model_dir``. The core functions' knobs as production passes them: ``config_defaults.py``.
 """
 
 from __future__ import annotations

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from config_defaults import DEFAULTS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prefix_rft.config import PrefixRFTConfigError, from_dict
-from prefix_rft.core.entropy import SELECTIONS, num_kept, select_demo_tokens, select_top_entropy
+from prefix_rft.core.entropy import SELECTIONS, num_kept, select_demo_tokens
 
 # ---------------------------------------------------------------- selection: top | random | bottom
 
@@ -25,7 +26,6 @@ def test_top_and_bottom_hand_case():
     bottom = select_demo_tokens(ENT, PRE, 0.5, "bottom")
     assert top.int().tolist() == [[1, 0, 1, 0, 0], [0, 1, 0, 0, 0]]
     assert bottom.int().tolist() == [[0, 1, 0, 1, 0], [1, 0, 0, 0, 0]]
-    assert torch.equal(select_top_entropy(ENT, PRE, 0.5), top)
 
 
 def test_bottom_ties_go_to_the_earlier_position():
@@ -125,7 +125,7 @@ def test_dr_grpo_prefix_hand_values():
 
 
 def test_on_policy_baseline_gives_every_token_the_same_value():
-    adv = on_policy_baseline_advantage(SCORES, ["u"] * 4, HYBRID)
+    adv = on_policy_baseline_advantage(SCORES, ["u"] * 4, HYBRID, norm_by_std=DEFAULTS.advantage.norm_by_std)
     assert adv.tolist() == pytest.approx([2 / 3, 2 / 3, -1 / 3, -1 / 3])
 
 

@@ -122,7 +122,11 @@ def expected_prefix(tokenizer, row, step, session_id, config):
         uid=row_uid(request(row, session_id=session_id)),
         sample_index=session_id,
     )
-    return demo_ids, ratio, splice_prefix(demo_ids, ratio, RESPONSE_LENGTH, cfg.ratio.min_prefix_tokens)
+    return (
+        demo_ids,
+        ratio,
+        splice_prefix(demo_ids, ratio, RESPONSE_LENGTH, min_prefix_tokens=cfg.ratio.min_prefix_tokens),
+    )
 
 
 def test_registered_under_its_name():

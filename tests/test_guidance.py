@@ -294,7 +294,9 @@ async def test_a_prompt_the_policy_solves_gets_no_prefix_through_the_agent_loop(
             demo = tokenizer.encode(req["demonstrations"][0], add_special_tokens=False) + [
                 tokenizer.eos_token_id
             ]
-            splice = splice_prefix(demo, expected_ratio, RESPONSE_LENGTH, 1)
+            splice = splice_prefix(
+                demo, expected_ratio, RESPONSE_LENGTH, min_prefix_tokens=prefix_cfg.ratio.min_prefix_tokens
+            )
             n = len(splice.prefix_ids)
             assert out.prefix_ratio == pytest.approx(expected_ratio) and out.prefix_len == n > 0
             assert out.response_ids[:n] == demo[:n] and out.prefix_mask == [1] * n + [0] * (

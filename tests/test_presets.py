@@ -17,13 +17,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from config_defaults import token_loss
 from conftest import compose_recipe, run_launcher
 from omegaconf import OmegaConf
+from verl.trainer.ppo.core_algos import agg_loss
 
 from benchmarks.launch import recipe_presets
 from prefix_rft.config import PrefixRFTConfigError
 from prefix_rft.core.advantage import on_policy_baseline_advantage
-from prefix_rft.core.loss import aggregate_loss, aggregation_mask, prefix_rft_token_loss
+from prefix_rft.core.loss import aggregation_mask, prefix_rft_token_loss
 from prefix_rft.core.schedule import keeps_demo, ratio_bounds
 from prefix_rft.trainer import build_keep_mask, selection_seed
 from prefix_rft.verl_config import validate_verl_config
@@ -116,6 +118,28 @@ def test_preset_composes_and_validates(name):
     assert composed(name, "prefix_rft.loss.luffy_gamma=0.3").prefix_rft.loss.luffy_gamma == 0.3
 
 
+def _written_keys(node, prefix=""):
+    """Dotted keys a preset file writes (its ``defaults:`` list aside)."""
+    for key, value in node.items():
+        if key == "defaults" and not prefix:
+            continue
+        if isinstance(value, dict):
+            yield from _written_keys(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_preset_writes_only_what_differs_from_the_recipe_default(name):
+    """The dataclasses (mirrored by the recipe yaml) are the one source of every default: a preset that
+    restated one would silently keep the old value if the default moved."""
+    base = compose_recipe()
+    cfg = composed(name)
+    written = list(_written_keys(yaml.safe_load(preset_path(name).read_text()) or {}))
+    same = [key for key in written if OmegaConf.select(cfg, key) == OmegaConf.select(base, key)]
+    assert not same, f"preset {name} restates the recipe default of {same}"
+
+
 def test_exclude_prefix_refuses_token_mean():
     with pytest.raises(PrefixRFTConfigError, match="loss_agg_mode='token-mean'"):
         validate_verl_config(composed("exclude_prefix", "actor_rollout_ref.actor.loss_agg_mode=token-mean"))
@@ -172,6 +196,7 @@ def run_preset_loss(name: str, adv_rows=(1.0, -2.0), loss_scale_factor=10, prefi
     adv = torch.tensor(adv_rows, dtype=torch.float64)[:, None].expand(2, 5)
     keep = preset_keep(name)
     prefix = PREFIX if prefix is None else prefix
+    actor = cfg.actor_rollout_ref.actor
     loss_mat, _ = prefix_rft_token_loss(
         lp,
         lp.detach(),
@@ -179,6 +204,9 @@ def run_preset_loss(name: str, adv_rows=(1.0, -2.0), loss_scale_factor=10, prefi
         MASK,
         prefix,
         keep,
+        clip_ratio_low=actor.clip_ratio_low,
+        clip_ratio_high=actor.clip_ratio_high,
+        clip_ratio_c=actor.clip_ratio_c,
         is_mode=pcfg.loss.is_mode,
         luffy_gamma=pcfg.loss.luffy_gamma,
         sft_coef=pcfg.loss.sft_coef,
@@ -186,8 +214,7 @@ def run_preset_loss(name: str, adv_rows=(1.0, -2.0), loss_scale_factor=10, prefi
         prefix_tokens=pcfg.loss.prefix_tokens,
     )
     agg = aggregation_mask(MASK, prefix, pcfg.loss.prefix_tokens)
-    mode = cfg.actor_rollout_ref.actor.loss_agg_mode
-    loss = aggregate_loss(loss_mat, agg, mode, loss_scale_factor=loss_scale_factor)
+    loss = agg_loss(loss_mat, agg, actor.loss_agg_mode, loss_scale_factor=loss_scale_factor)
     loss.backward()
     return loss, lp.grad, agg
 
@@ -236,9 +263,7 @@ def test_behavior_one_lower_clip_bites_only_with_prefix_clip():
     ones, prefix = torch.ones(1, 2), torch.tensor([[1.0, 0.0]])
     for clip, expected in ((False, 0.3679), (True, 0.0)):
         lp.grad = None
-        mat, _ = prefix_rft_token_loss(
-            lp, lp.detach(), adv, ones, prefix, is_mode="behavior_one", prefix_clip=clip
-        )
+        mat, _ = token_loss(lp, lp.detach(), adv, ones, prefix, is_mode="behavior_one", prefix_clip=clip)
         mat[0, 0].backward()
         assert lp.grad[0, 0].item() == pytest.approx(expected, abs=1e-4)
 
@@ -247,13 +272,15 @@ def test_rl_sft_loss_preset_tokens():
     """The demo row (row 0, all 5 tokens demo here) gets only the SFT term; row 1 is RL with the
     on-policy baseline; the demo's reward does not enter that baseline."""
     scores = torch.tensor([1.0, 0.0, 1.0])  # rows: demo (reward 1), two on-policy rollouts
-    adv = on_policy_baseline_advantage(scores, ["u", "u", "u"], torch.tensor([True, False, False]))
-    assert adv[1:].tolist() == pytest.approx([-0.5, 0.5])  # baseline 0.5 = mean of on-policy only
     cfg = validate_verl_config(composed("rl_sft_loss"))
+    adv = on_policy_baseline_advantage(
+        scores, ["u", "u", "u"], torch.tensor([True, False, False]), norm_by_std=cfg.advantage.norm_by_std
+    )
+    assert adv[1:].tolist() == pytest.approx([-0.5, 0.5])  # baseline 0.5 = mean of on-policy only
     lp = torch.full((2, 5), -1.0, dtype=torch.float64, requires_grad=True)
     prefix = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], dtype=torch.float64)
     a = torch.tensor([adv[0].item(), adv[1].item()], dtype=torch.float64)[:, None].expand(2, 5)
-    mat, _ = prefix_rft_token_loss(
+    mat, _ = token_loss(
         lp,
         lp.detach(),
         a,
@@ -264,7 +291,7 @@ def test_rl_sft_loss_preset_tokens():
         prefix_tokens=cfg.loss.prefix_tokens,
         prefix_clip=cfg.loss.resolved_prefix_clip(),
     )
-    loss = aggregate_loss(
+    loss = agg_loss(
         mat,
         aggregation_mask(MASK, prefix, cfg.loss.prefix_tokens),
         "seq-mean-token-sum-norm",

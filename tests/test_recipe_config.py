@@ -64,6 +64,20 @@ def test_dr_grpo_normaliser_follows_the_response_budget_and_token_mean_is_an_ove
     assert omega_conf_to_dataclass(cfg.actor_rollout_ref.actor).loss_agg_mode == "token-mean"
 
 
+def test_a_config_without_loss_agg_mode_is_read_with_the_recipe_default():
+    """validate_verl_config's fallback for a missing ``loss_agg_mode`` is the recipe's Dr.GRPO aggregation (one
+    constant, which the recipe yaml writes), never verl's token-mean."""
+    from prefix_rft.verl_config import RECIPE_LOSS_AGG_MODE
+
+    assert recipe_config().actor_rollout_ref.actor.loss_agg_mode == RECIPE_LOSS_AGG_MODE
+    cfg = OmegaConf.to_container(recipe_config("prefix_rft.loss.prefix_tokens=exclude"), resolve=True)
+    del cfg["actor_rollout_ref"]["actor"]["loss_agg_mode"]
+    validate_verl_config(cfg)  # exclude is accepted: only the recipe's aggregation honours it
+    cfg["actor_rollout_ref"]["actor"]["loss_scale_factor"] = None  # ... and its constant is required
+    with pytest.raises(PrefixRFTConfigError, match=r"actor_rollout_ref\.actor\.loss_scale_factor=None"):
+        validate_verl_config(cfg)
+
+
 def test_prefix_rft_block_mirrors_the_dataclass_exactly():
     block = OmegaConf.to_container(recipe_config().prefix_rft, resolve=True)
     assert block == dataclasses.asdict(PrefixRFTConfig())

@@ -47,13 +47,14 @@ def _normalise(centred: torch.Tensor, values: torch.Tensor, norm_by_std: bool, e
 
 
 def group_advantage(
-    scores: torch.Tensor, index: Sequence[Any], norm_by_std: bool = False, eps: float = 1e-6
+    scores: torch.Tensor, index: Sequence[Any], *, norm_by_std: bool, eps: float = 1e-6
 ) -> torch.Tensor:
     """Dr.GRPO advantage (paper A.2): ``A_i = r_i - mean(r_group)``, one value per rollout.
 
     ``index`` gives each rollout's prompt uid; rollouts with the same uid form a group. A group of one
     gets advantage 0 (its own mean); all-equal rewards give 0. With ``norm_by_std`` the centred score is
-    divided by the group's (unbiased) std + ``eps``, as GRPO does (groups of one stay 0).
+    divided by the group's (unbiased) std + ``eps``, as GRPO does (groups of one stay 0). ``norm_by_std``:
+    see ``PrefixRFTConfig.advantage.norm_by_std``.
     """
     _check_scores(scores, index)
     out = torch.zeros_like(scores, dtype=torch.float32)
@@ -68,7 +69,8 @@ def on_policy_baseline_advantage(
     scores: torch.Tensor,
     index: Sequence[Any],
     is_prefixed: torch.Tensor,
-    norm_by_std: bool = False,
+    *,
+    norm_by_std: bool,
     eps: float = 1e-6,
 ) -> torch.Tensor:
     """Advantage against the mean of the group's on-policy rollouts only (an optional variant, not the paper's).
@@ -122,7 +124,7 @@ def dr_grpo_prefix_advantage(
             f"the shape of scores {tuple(scores.shape)}"
         )
     prefixed = is_prefixed.bool()
-    demo_adv = on_policy_baseline_advantage(scores, index, is_prefixed)  # r_i - m_g
+    demo_adv = on_policy_baseline_advantage(scores, index, is_prefixed, norm_by_std=False)  # r_i - m_g
     device = scores.device
     demo_tokens = torch.arange(width, device=device)[None, :] < prefix_len.long().to(device)[:, None]
     raw = scores.float()[:, None].expand(-1, width)

@@ -1,10 +1,10 @@
 """Entropy-based clipping of demonstration tokens (paper sec. 3).
 
 Only the top-k% highest-entropy demo-prefix tokens keep their advantage; "we directly set the
-corresponding advantages of all other tokens to zero" (k = 20). Ranking is done over each PPO
-mini-batch (or the whole batch), by the old policy's per-token entropy, exactly: the top
-``ceil(k * N)`` of the ``N`` prefix tokens of a group are kept, ties broken by position (earlier
-flat index first) so the selection is deterministic. Continuation tokens are never touched.
+corresponding advantages of all other tokens to zero" (k: ``PrefixRFTConfig.entropy_clip.top_ratio``).
+Ranking is done over each PPO mini-batch (or the whole batch), by the old policy's per-token entropy,
+exactly: the top ``ceil(k * N)`` of the ``N`` prefix tokens of a group are kept, ties broken by position
+(earlier flat index first) so the selection is deterministic. Continuation tokens are never touched.
 
 Selection is O(N) (``torch.kthvalue``), not a full sort.
 
@@ -18,7 +18,6 @@ are kept, never in how many. Continuation tokens are never touched in any mode.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 
@@ -56,19 +55,18 @@ def select_demo_tokens(
     entropy: torch.Tensor,
     prefix_mask: torch.Tensor,
     top_ratio: float,
-    selection: str = "top",
+    selection: str,
     group_ids: torch.Tensor | None = None,
     seed: int = 0,
 ) -> torch.Tensor:
     """Keep-mask of the demo-prefix tokens whose advantage survives entropy clipping (paper sec. 3).
 
-    The one home of the selection the recipe uses: the trainer and the actor loss both call it
-    (:func:`select_top_entropy_distributed` is a cross-rank variant that no recipe path calls).
+    The one home of the selection the recipe uses: the trainer and the actor loss both call it.
 
     Args:
         entropy: ``[B, T]`` per-token entropy (the caller decides whose: old or current policy).
         prefix_mask: ``[B, T]`` 1 on demo-prefix tokens (padding must be 0).
-        top_ratio: k, the kept fraction (0.2 in the paper).
+        top_ratio: k, the kept fraction (default: see ``PrefixRFTConfig.entropy_clip.top_ratio``).
         selection: ``top`` (paper: the highest-entropy tokens), ``random`` (a uniform choice seeded by
             ``seed``; ``entropy`` is not read) or ``bottom`` (the lowest-entropy tokens). Ties go to the
             earlier flat index (row-major within the group) in every mode.
@@ -107,46 +105,8 @@ def select_demo_tokens(
     return keep
 
 
-def select_top_entropy(
-    entropy: torch.Tensor,
-    prefix_mask: torch.Tensor,
-    top_ratio: float,
-    group_ids: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The paper's selection: ``select_demo_tokens(entropy, prefix_mask, top_ratio, "top", group_ids)``."""
-    return select_demo_tokens(entropy, prefix_mask, top_ratio, "top", group_ids)
-
-
 def minibatch_group_ids(batch_size: int, mini_batch_size: int) -> torch.Tensor:
     """Mini-batch id of each row when a batch of ``batch_size`` rows is split in order into mini-batches."""
     if mini_batch_size <= 0:
         raise ValueError(f"mini_batch_size must be > 0, got {mini_batch_size}")
     return torch.arange(batch_size) // mini_batch_size
-
-
-def select_top_entropy_distributed(
-    entropy: torch.Tensor,
-    prefix_mask: torch.Tensor,
-    top_ratio: float,
-    all_gather_fn: Callable[[torch.Tensor], list[torch.Tensor]],
-    rank: int,
-) -> torch.Tensor:
-    """Exact top-k keep-mask across data-parallel ranks (paper sec. 3, ranking over the whole mini-batch).
-
-    Each rank holds a shard of the mini-batch. ``all_gather_fn(t)`` returns the list of every rank's
-    1-D tensor ``t`` (in rank order; lengths may differ), e.g. ``torch.distributed.all_gather_object``
-    wrapped. The prefix-token entropies of all ranks are concatenated in rank order, the global top
-    ``ceil(k * N)`` is chosen with the same deterministic tie rule as :func:`select_top_entropy` on the
-    concatenated batch, and this rank's part of the mask is returned. The result on each rank equals the
-    matching rows of :func:`select_top_entropy` run on the concatenation of all shards.
-    """
-    is_prefix = prefix_mask.bool()
-    local = entropy[is_prefix].float()
-    gathered = all_gather_fn(local)
-    sizes = [int(t.numel()) for t in gathered]
-    values = torch.cat([t.to(local.device).float() for t in gathered]) if gathered else local
-    chosen = _topk_flat(values, num_kept(values.numel(), top_ratio))
-    start = sum(sizes[:rank])
-    keep = torch.zeros_like(is_prefix)
-    keep[is_prefix] = chosen[start : start + sizes[rank]]
-    return keep

@@ -7,8 +7,9 @@ keep-mask is zeroed. Options from the authors' code: behaviour prob 1 on the pre
 ``pi_theta``), LUFFY's policy shaping ``pi / (pi + gamma)``, an extra NLL term on kept prefix tokens
 (UFT-style ablation), and leaving prefix tokens out of the entropy bonus.
 
-Everything returns a per-token ``[B, T]`` loss matrix; :func:`aggregate_loss` reduces it exactly like
-verl's ``agg_loss`` so the result is invariant to micro-batching and data parallelism.
+Everything returns a per-token ``[B, T]`` loss matrix; the caller reduces it with verl's ``agg_loss`` (the
+actor loss does), whose global token / sequence counts make the result invariant to micro-batching and data
+parallelism.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def ppo_clipped_loss(
     clip_ratio_high: float,
     clip_ratio_c: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Dual-clip PPO per-token loss (Schulman et al. 2017; Ye et al. 2020), as the paper uses (clip 0.2, c = 3).
+    """Dual-clip PPO per-token loss (Schulman et al. 2017; Ye et al. 2020), as the paper uses.
 
     Returns ``(loss, clipped, clipped_lower)``: the loss matrix and the indicators of the ordinary clip
     and of the dual clip (negative advantages only).
@@ -60,17 +61,20 @@ def prefix_rft_token_loss(
     prefix_mask: torch.Tensor,
     keep_mask: torch.Tensor | None = None,
     *,
-    clip_ratio_low: float = 0.2,
-    clip_ratio_high: float = 0.2,
-    clip_ratio_c: float = 3.0,
-    is_mode: str = "ppo",
-    luffy_gamma: float = 0.1,
-    sft_coef: float = 0.0,
+    clip_ratio_low: float,
+    clip_ratio_high: float,
+    clip_ratio_c: float,
+    is_mode: str,
+    luffy_gamma: float,
+    sft_coef: float,
+    prefix_clip: bool | None,
+    prefix_tokens: str,
     rollout_is_weights: torch.Tensor | None = None,
-    prefix_clip: bool | None = None,
-    prefix_tokens: str = "train",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-token policy loss of Prefix-RFT (paper sec. 3).
+
+    The clip ratios and ``clip_ratio_c`` are verl's actor settings (``actor_rollout_ref.actor.*``); the
+    other knobs are ``PrefixRFTConfig.loss`` (defaults: see there). The caller passes every one.
 
     Continuation tokens: dual-clip PPO with ``ratio = exp(log_prob - old_log_prob)`` (log-ratio clamped to
     [-20, 20] as verl does), multiplied by ``rollout_is_weights`` when given.
@@ -81,7 +85,7 @@ def prefix_rft_token_loss(
     - ``"behavior_one"``: behaviour prob 1, ``w = pi_theta``;
     - ``"luffy"``: LUFFY's policy shaping ``w = pi_theta / (pi_theta + gamma)``.
 
-    ``prefix_clip`` (resolved by :func:`resolve_prefix_clip`; default clipped for ``ppo`` only) decides the
+    ``prefix_clip`` (resolved by :func:`resolve_prefix_clip`; ``None`` = clipped for ``ppo`` only) decides the
     demo-token term: clipped, the dual-clip PPO term of ``w``; unclipped, ``-A * w``. With clipping on,
     ``behavior_one`` and ``luffy`` still feel the lower clip: ``w <= 1`` never reaches ``1 + eps``, but for
     ``A < 0`` and ``w < 1 - eps`` the term is the constant ``-A (1 - eps)``, i.e. zero gradient.
@@ -93,7 +97,7 @@ def prefix_rft_token_loss(
     never apply to prefix tokens (they were not sampled by the rollout policy).
 
     As with verl's policy losses, positions outside ``response_mask`` are not zeroed in ``loss_mat`` (that
-    would cost a full pass): reduce it with :func:`aggregate_loss` or verl's ``agg_loss``, which mask.
+    would cost a full pass): reduce it with verl's ``agg_loss``, which masks.
 
     Returns:
         ``(loss_mat, metrics)``: the ``[B, T]`` loss and detached scalar
@@ -190,57 +194,3 @@ def entropy_loss_mask(
     if entropy_bonus_on_prefix:
         return response_mask
     return response_mask * ~prefix_mask.bool()  # response_mask's dtype; bool in, bool out (no int64 copies)
-
-
-def aggregate_loss(
-    loss_mat: torch.Tensor,
-    loss_mask: torch.Tensor,
-    loss_agg_mode: str,
-    dp_size: int = 1,
-    batch_num_tokens: int | torch.Tensor | None = None,
-    global_batch_size: int | torch.Tensor | None = None,
-    loss_scale_factor: float | None = None,
-) -> torch.Tensor:
-    """Reduce a per-token loss to a scalar; the same modes and normalisation as verl's ``agg_loss``.
-
-    ``batch_num_tokens`` / ``global_batch_size`` are the counts over the *global* (all micro-batches,
-    all data-parallel ranks) batch, so per-micro-batch results sum to the whole-batch loss.
-
-    - ``token-mean``: sum over tokens / global token count (* dp_size);
-    - ``token-sum``: sum over tokens (* dp_size);
-    - ``seq-mean-token-sum``: per-sequence token sum, averaged over (non-empty) sequences;
-    - ``seq-mean-token-sum-norm``: the same divided by the constant ``loss_scale_factor`` (Dr.GRPO; the
-      recipe sets it to ``data.max_response_length``). Required here: verl's fallback, the padded width
-      ``T`` of the given micro-batch, is not a constant under dynamic batching;
-    - ``seq-mean-token-mean``: per-sequence token mean, averaged over (non-empty) sequences.
-    """
-    mask = loss_mask.to(loss_mat.dtype)
-    masked = torch.where(mask.bool(), loss_mat, torch.zeros_like(loss_mat)) * mask
-    if loss_agg_mode == "token-mean":
-        if batch_num_tokens is None:
-            if dp_size > 1:
-                raise ValueError("(global) batch_num_tokens is required when dp_size > 1")
-            batch_num_tokens = mask.sum()
-        return masked.sum() / batch_num_tokens * dp_size
-    if loss_agg_mode == "token-sum":
-        return masked.sum() * dp_size
-    if loss_agg_mode in ("seq-mean-token-sum", "seq-mean-token-sum-norm", "seq-mean-token-mean"):
-        tokens = mask.sum(dim=-1)
-        seq = masked.sum(dim=-1)
-        if loss_agg_mode == "seq-mean-token-mean":
-            seq = seq / (tokens + 1e-8)
-        seq_mask = (tokens > 0).to(loss_mat.dtype)
-        if global_batch_size is None:
-            if dp_size > 1:
-                raise ValueError("global_batch_size is required when dp_size > 1")
-            global_batch_size = seq_mask.sum()
-        loss = (seq * seq_mask).sum() / global_batch_size * dp_size
-        if loss_agg_mode == "seq-mean-token-sum-norm":
-            if loss_scale_factor is None:  # verl would use the padded width: not a constant under dynamic bsz
-                raise ValueError("seq-mean-token-sum-norm needs loss_scale_factor (the response budget)")
-            loss = loss / loss_scale_factor
-        return loss
-    raise ValueError(
-        f"invalid loss_agg_mode {loss_agg_mode!r}; expected token-mean, token-sum, seq-mean-token-sum, "
-        "seq-mean-token-sum-norm or seq-mean-token-mean"
-    )

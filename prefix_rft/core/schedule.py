@@ -1,8 +1,9 @@
 """Prefix-ratio schedule and sampler (paper sec. 3 "prefix sampling" and appendix A.2).
 
 The prefix of a demonstration given to a hybrid rollout is ``L = floor(l * |demo|)`` tokens with
-``l ~ U[low_t, high]``. The lower bound ``low_t`` decays from 0.95 to 0.05 over the first 500 steps
-with a cosine (paper A.2), so early training is close to SFT and late training close to pure RL.
+``l ~ U[low_t, high]``. The lower bound ``low_t`` decays from ``low_start`` to ``low_end`` over
+``decay_steps`` steps with a cosine (paper A.2), so early training is close to SFT and late training close
+to pure RL. Every knob is passed in by the caller (defaults: see ``PrefixRFTConfig.ratio``).
 
 Everything here is a pure function of the global step and a seed, so a resumed run draws exactly the
 ratios an uninterrupted run would have drawn.
@@ -16,21 +17,27 @@ from typing import Any
 
 import numpy as np
 
+SCHEDULES = ("cosine", "linear", "const")
+"""Shapes of the lower bound's decay (``PrefixRFTConfig.ratio.schedule``)."""
+SAMPLERS = ("uniform", "beta")
+"""Draws of the prefix ratio in ``[low_t, high]`` (``PrefixRFTConfig.ratio.sampler``)."""
+
 
 def ratio_lower_bound(
     step: int,
-    schedule: str = "cosine",
-    low_start: float = 0.95,
-    low_end: float = 0.05,
-    decay_steps: int = 500,
-    delay_steps: int = 0,
+    *,
+    schedule: str,
+    low_start: float,
+    low_end: float,
+    decay_steps: int,
+    delay_steps: int,
 ) -> float:
     """Lower bound ``low_t`` of the prefix ratio at global ``step`` (paper A.2).
 
     cosine: ``low_t = low_end + 0.5 * (low_start - low_end) * (1 + cos(pi * t / decay_steps))``
     for ``0 <= t <= decay_steps`` and ``low_end`` after, where ``t = step - delay_steps``;
     linear: a straight line between the same end points; const: ``low_start`` forever.
-    Before ``delay_steps`` the bound stays at ``low_start``.
+    Before ``delay_steps`` the bound stays at ``low_start``. Defaults: see ``PrefixRFTConfig.ratio``.
     """
     if schedule == "const":
         return float(low_start)
@@ -39,15 +46,22 @@ def ratio_lower_bound(
         return float(low_end + 0.5 * (low_start - low_end) * (1.0 + math.cos(math.pi * t)))
     if schedule == "linear":
         return float(low_start + (low_end - low_start) * t)
-    raise ValueError(f"unknown prefix-ratio schedule {schedule!r}; expected cosine, linear or const")
+    raise ValueError(f"unknown prefix-ratio schedule {schedule!r}; expected one of {SCHEDULES}")
 
 
 def ratio_bounds(step: int, cfg: Any) -> tuple[float, float]:
     """``(low_t, high)`` at ``step`` for a :class:`prefix_rft.config.RatioScheduleConfig`-like ``cfg``.
 
-    ``low_t`` never exceeds ``high`` (paper A.2: the draw is in ``[low_t, 0.95]``).
+    ``low_t`` never exceeds ``high`` (paper A.2: the draw is in ``[low_t, high]``).
     """
-    low = ratio_lower_bound(step, cfg.schedule, cfg.low_start, cfg.low_end, cfg.decay_steps, cfg.delay_steps)
+    low = ratio_lower_bound(
+        step,
+        schedule=cfg.schedule,
+        low_start=cfg.low_start,
+        low_end=cfg.low_end,
+        decay_steps=cfg.decay_steps,
+        delay_steps=cfg.delay_steps,
+    )
     return min(low, cfg.high), float(cfg.high)
 
 
@@ -74,7 +88,7 @@ def sample_prefix_ratio(step: int, cfg: Any, *, seed: int, uid: Any, sample_inde
     elif cfg.sampler == "beta":
         u = rng.beta(cfg.alpha, cfg.beta)
     else:
-        raise ValueError(f"unknown prefix-ratio sampler {cfg.sampler!r}; expected uniform or beta")
+        raise ValueError(f"unknown prefix-ratio sampler {cfg.sampler!r}; expected one of {SAMPLERS}")
     return float(low + (high - low) * u)
 
 

@@ -28,12 +28,13 @@ class Splice:
 
 
 def prefix_length(
-    demo_len: int, ratio: float, response_budget: int, min_prefix_tokens: int = 1
+    demo_len: int, ratio: float, response_budget: int, *, min_prefix_tokens: int
 ) -> tuple[int, bool]:
     """Number of demo tokens ``L`` a hybrid rollout starts with, and whether the budget cut it.
 
     Paper A.2: ``L = floor(ratio * |demo|)``, clamped (authors' code) to ``[min_prefix_tokens, |demo| - 1]``
-    so the policy always writes at least one token. ``ratio >= 1.0`` means the whole demonstration
+    so the policy always writes at least one token (``min_prefix_tokens``: see
+    ``PrefixRFTConfig.ratio.min_prefix_tokens``). ``ratio >= 1.0`` means the whole demonstration
     (LUFFY-style), end token included, with nothing left to generate. Finally ``L <= response_budget``.
     """
     if demo_len <= 0:
@@ -54,7 +55,8 @@ def splice_prefix(
     demo_ids: Sequence[int] | None,
     ratio: float,
     response_budget: int,
-    min_prefix_tokens: int = 1,
+    *,
+    min_prefix_tokens: int,
     context_room: int | None = None,
 ) -> Splice:
     """Prefix ids and continuation budget of one hybrid rollout (paper sec. 3).
@@ -70,7 +72,7 @@ def splice_prefix(
     An empty or missing demonstration yields no prefix and the full budget: it never raises mid-training.
     """
     demo = list(demo_ids) if demo_ids is not None else []
-    length, truncated = prefix_length(len(demo), ratio, response_budget, min_prefix_tokens)
+    length, truncated = prefix_length(len(demo), ratio, response_budget, min_prefix_tokens=min_prefix_tokens)
     if context_room is not None and length > max(context_room - 1, 0):
         length, truncated = max(context_room - 1, 0), True
     # The whole demonstration ends with its end token: there is nothing left for the policy to write.
