@@ -31,12 +31,10 @@ EVAL_FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "eval")
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny model directory and the eval sets prepared from the fixture copies of the public sets."""
-    from benchmarks.fixtures.tiny import build_tiny_model
-
+def tiny(tmp_path_factory, tiny_model_dir):
+    """The session's tiny model directory and the eval sets prepared from the fixture copies of the public sets."""
     root = tmp_path_factory.mktemp("evalroot")
-    model_dir = build_tiny_model(str(root / "model"))
+    model_dir = tiny_model_dir
     data_dir = str(root / "data")
     prepare_eval(
         data_dir,

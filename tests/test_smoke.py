@@ -155,16 +155,10 @@ def test_evaluate_cli_prints_pass_fail_lines_and_exit_status(tmp_path, capsys):
     assert "FAIL  demo tokens present" in out and "gpu_smoke: FAIL (6/7 checks)" in out
 
 
-def _tiny_model(tmp_path: Path) -> str:
-    from benchmarks.fixtures.tiny import build_tiny_model
-
-    return build_tiny_model(str(tmp_path / "model"), seed=0)
-
-
-def test_weight_check_compares_the_saved_actor_with_the_initial_model(tmp_path):
+def test_weight_check_compares_the_saved_actor_with_the_initial_model(tmp_path, tiny_model_dir):
     from safetensors.torch import load_file
 
-    model = _tiny_model(tmp_path)
+    model = tiny_model_dir
     init = load_file(str(Path(model) / "model.safetensors"))
     step = tmp_path / "ckpt" / "global_step_3"
     (step / "actor").mkdir(parents=True)
@@ -197,8 +191,8 @@ def test_weight_check_compares_the_saved_actor_with_the_initial_model(tmp_path):
         (["evaluate", "--metrics", "{metrics}", "--model", "{model}"], "--model and --step-dir go together"),
     ],
 )
-def test_bad_arguments_exit_2_naming_the_flag(tmp_path, capsys, argv, message):
-    model = _tiny_model(tmp_path) if any("{model}" in a for a in argv) else ""
+def test_bad_arguments_exit_2_naming_the_flag(tmp_path, capsys, argv, message, tiny_model_dir):
+    model = tiny_model_dir if any("{model}" in a for a in argv) else ""
     metrics = write_metrics(tmp_path / "m.jsonl", good_run())
     (tmp_path / "empty").mkdir()
     argv = [a.format(tmp=tmp_path / "empty", model=model, metrics=metrics) for a in argv]
@@ -213,11 +207,11 @@ def test_shell_entry_prints_usage_without_a_model():
     assert out.returncode == 2 and "usage: bash scripts/gpu_smoke.sh MODEL_DIR" in out.stderr
 
 
-def test_smoke_config_composes_and_passes_verl_and_prefix_rft_validation(tmp_path):
+def test_smoke_config_composes_and_passes_verl_and_prefix_rft_validation(tmp_path, tiny_model_dir):
     """``--cfg-job``: the exact overrides of the GPU run, composed on CPU by the recipe entry point."""
     from verl.utils.config import omega_conf_to_dataclass, validate_config
 
-    model = _tiny_model(tmp_path)
+    model = tiny_model_dir
     env = dict(os.environ, PYTHON=sys.executable)
     out = subprocess.run(
         ["bash", str(ROOT / "scripts" / "gpu_smoke.sh"), model, "--out", str(tmp_path / "out"), "--cfg-job"],
