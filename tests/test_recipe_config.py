@@ -542,3 +542,25 @@ def test_checkpoint_disk_without_room_is_refused_at_start_up(tmp_path, monkeypat
         recipe_config(f"actor_rollout_ref.model.path={model}", f"trainer.default_local_dir={tmp_path}/ck")
     )
     assert shutil.disk_usage is not None
+
+
+def test_cfg_job_reads_verls_config_from_its_folder_without_importing_verl():
+    """``--cfg job`` finds verl's config folder without importing verl (hydra's ``pkg://`` source would: ~3 s of
+    torch, Ray and transformers) and composes exactly what the yaml's own ``pkg://verl.trainer.config`` gives."""
+    probe = (
+        "import runpy, sys; sys.argv = [sys.argv[1], '--cfg', 'job', *sys.argv[2:]]; "
+        "runpy.run_path(sys.argv[0], run_name='__main__'); "
+        "print('verl imported:', 'verl' in sys.modules, file=sys.stderr)"
+    )
+    run = lambda *extra: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", probe, str(MAIN), *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    fast, via_pkg = run(), run("hydra.searchpath=[pkg://verl.trainer.config]")
+    assert fast.returncode == 0 and via_pkg.returncode == 0, fast.stderr[-2000:] + via_pkg.stderr[-2000:]
+    assert "verl imported: False" in fast.stderr
+    assert "verl imported: True" in via_pkg.stderr  # the command line's own searchpath is kept as given
+    assert fast.stdout == via_pkg.stdout and "adv_estimator: prefix_rft" in fast.stdout
