@@ -8,6 +8,7 @@ is -A_t * d(ratio) = -A_t per unit log-prob, and unkept / frozen tokens have gra
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -179,9 +180,15 @@ MASK = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.float64)
 ENTROPY = torch.tensor([[0.5, 2.0, 1.0, 9.0, 9.0], [9.0, 9.0, 9.0, 0.0, 0.0]], dtype=torch.float64)
 
 
+@functools.cache
+def preset_config(name: str):
+    """The validated ``prefix_rft`` block of preset ``name`` (composed once per preset; read, never changed)."""
+    return validate_verl_config(composed(name))
+
+
 def preset_keep(name: str, step: int = 0):
     """The keep-mask the trainer writes for preset ``name`` (its build_keep_mask, its seed), or None."""
-    pcfg = validate_verl_config(composed(name))
+    pcfg = preset_config(name)
     if not pcfg.entropy_clip.enable:
         return None
     seed = selection_seed(pcfg.seed, step)
