@@ -47,7 +47,7 @@ install-vllm: $(VLLM_STAMP)
 # trainer launch, built once), the trainer-launching modules start first (tests/conftest.py HEAVY_FIRST) and the
 # quick ones fill the gaps. TEST_WORKERS=0 runs everything in this process.
 TEST_WORKERS ?= 2
-XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder)
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 
 # every tier (tests/conftest.py: unit, integration, e2e); the 25 slowest tests are listed at the end
 test: install

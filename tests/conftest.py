@@ -146,19 +146,16 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{tier}: a test of the {tier} tier (tests/conftest.py)")
 
 
-#: Launch-heavy modules in the order ``make test`` starts them (``-n 2 --dist loadgroup``, collection order):
-#: the longest first, the two that run two trainers at once (the learning test, the quick learning benchmark)
-#: apart, and the quick tiers after them to fill the gaps.
+#: Launch-heavy modules in the order ``make test`` starts them (``-n 2 --dist loadscope --no-loadscope-reorder``:
+#: a module is one work unit, on one worker, so its module fixtures such as a trainer launch are built once;
+#: units are handed out in collection order): the longest first, the quick tiers after them to fill the gaps.
 HEAVY_FIRST = (
     "test_learning_cpu",  # 2 trainers at once, ~4 min
     "test_benchmarks",  # the quick e2e benchmark (2 launches), then the quick learning benchmark (2 at once)
-    "test_guidance_e2e",
     "test_e2e_cpu",
+    "test_guidance_e2e",
     "test_sft_cpu",
 )
-#: Modules whose tests share no module-scoped fixture, so each test is its own xdist work unit; every other
-#: module is one unit (its module fixtures, e.g. a trainer launch, are built once, on one worker).
-SPLIT_MODULES = {"test_benchmarks"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -170,18 +167,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             unclassified.add(module)
             continue
         item.add_marker(getattr(pytest.mark, tier))
-        item.add_marker(pytest.mark.xdist_group(item.nodeid if module in SPLIT_MODULES else module))
     if unclassified:
         raise pytest.UsageError(
             f"test modules without a tier: {sorted(unclassified)}; add each to TIERS in tests/conftest.py"
         )
     rank = {module: i for i, module in enumerate(HEAVY_FIRST)}
     order = {id(item): i for i, item in enumerate(items)}
-    items.sort(
-        key=lambda item: (rank.get(Path(str(item.fspath)).stem, len(rank)), -_weight(item), order[id(item)])
-    )
-
-
-def _weight(item: pytest.Item) -> int:
-    """Within :data:`SPLIT_MODULES`: the trainer-launching benchmarks first (their ids say ``e2e``)."""
-    return int("e2e" in item.nodeid)
+    items.sort(key=lambda item: (rank.get(Path(str(item.fspath)).stem, len(rank)), order[id(item)]))
