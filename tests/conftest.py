@@ -146,9 +146,10 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{tier}: a test of the {tier} tier (tests/conftest.py)")
 
 
-#: Launch-heavy modules in the order ``make test`` starts them (``-n 2 --dist loadscope --no-loadscope-reorder``:
-#: a module is one work unit, on one worker, so its module fixtures such as a trainer launch are built once;
-#: units are handed out in collection order): the longest first, the quick tiers after them to fill the gaps.
+#: The e2e modules in the order ``make test`` runs them: one after another on one pytest worker
+#: (:func:`pytest_xdist_make_scheduler`; each launches verl's trainers, two of them two at a time, and more
+#: launches at once on two cores only slow each other down), started first, while the other worker runs the
+#: unit and integration modules.
 HEAVY_FIRST = (
     "test_learning_cpu",  # 2 trainers at once, ~4 min
     "test_benchmarks",  # the quick e2e benchmark (2 launches), then the quick learning benchmark (2 at once)
@@ -156,6 +157,20 @@ HEAVY_FIRST = (
     "test_guidance_e2e",
     "test_sft_cpu",
 )
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """``make test``'s work units (``-n 2``): every e2e test in one unit, every other module a unit of its own
+    (its module fixtures built once, on one worker), handed out in collection order (``--no-loadscope-reorder``:
+    the e2e unit first, then the rest as :func:`pytest_collection_modifyitems` orders them)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class TierScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "e2e" if TIER_OF.get(Path(module).stem) == "e2e" else module
+
+    return TierScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
