@@ -219,7 +219,14 @@ def demo_keep_mask(
                 "prefix_rft.entropy_clip.enable=false to train on every demo token)"
             )
         return keep_field
-    if eclip.source == "current":  # present: prefix_rft.verl_config.check_actor_loss
+    if eclip.source == "current":
+        if (
+            entropy is None
+        ):  # start-up checks this for the recipe's default agent loop; a per-row loop may not be
+            raise ValueError(
+                "prefix_rft.entropy_clip.source=current ranks demo tokens by the current policy's entropy and "
+                "the model output has none: set actor_rollout_ref.actor.calculate_entropy=true"
+            )
         rank_by = entropy.detach()
     elif old_entropy is None:
         raise ValueError(

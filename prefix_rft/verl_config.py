@@ -16,8 +16,13 @@ AGENT_LOOP_NAME = "prefix_rft_agent"
 ADV_ESTIMATOR_NAME = "prefix_rft"
 
 RECIPE_LOSS_AGG_MODE = "seq-mean-token-sum-norm"
-"""The recipe's ``actor_rollout_ref.actor.loss_agg_mode``: Dr.GRPO's objective (paper A.2). A config without
-the key is read as having this value; the recipe yaml writes the same, and a test checks that they agree."""
+"""The recipe's ``actor_rollout_ref.actor.loss_agg_mode``: Dr.GRPO's objective (paper A.2), named in fixes; the
+recipe yaml writes it (a test checks that they agree)."""
+
+VERL_LOSS_AGG_MODE = "token-mean"
+"""What verl runs when a config has no ``loss_agg_mode`` (the default of verl's
+``verl.workers.config.ActorConfig``; a test reads it there), so such a config is checked as verl will run it.
+Not imported here: ``--cfg job`` validates without importing verl."""
 
 VALIDATION_SPLITS = ("test", "val", "valid", "validation", "eval", "evaluation")
 """``extra_info.split`` values that mark a row as validation: the agent loop never prefixes such a row.
@@ -242,7 +247,7 @@ def validate_verl_config(cfg: Any) -> PrefixRFTConfig:
                 "single per-mini-batch entropy ranking cannot match them",
                 "actor_rollout_ref.actor.shuffle=false, or prefix_rft.entropy_clip.scope=batch",
             )
-    agg_mode = _select(cfg, "actor_rollout_ref.actor.loss_agg_mode", RECIPE_LOSS_AGG_MODE)
+    agg_mode = _select(cfg, "actor_rollout_ref.actor.loss_agg_mode", VERL_LOSS_AGG_MODE)
     scale = _select(cfg, "actor_rollout_ref.actor.loss_scale_factor")
     if agg_mode == "seq-mean-token-sum-norm":
         if scale is None:
@@ -302,7 +307,7 @@ def check_actor_loss(cfg: Any, pcfg: PrefixRFTConfig) -> None:
             "actor_rollout_ref.actor.policy_loss.loss_mode=vanilla",
         )
     clip_ratio_c = _select(cfg, "actor_rollout_ref.actor.clip_ratio_c", 3.0)
-    if not float(clip_ratio_c) > 1.0:
+    if isinstance(clip_ratio_c, bool) or not isinstance(clip_ratio_c, (int, float)) or not clip_ratio_c > 1.0:
         _fail(
             "actor_rollout_ref.actor.clip_ratio_c",
             clip_ratio_c,

@@ -159,6 +159,7 @@ HEAVY_FIRST = (
 )
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unknown (and unused) without it
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """``make test``'s work units (``-n 2``): every e2e test in one unit, every other module a unit of its own
     (its module fixtures built once, on one worker), handed out in collection order (``--no-loadscope-reorder``:

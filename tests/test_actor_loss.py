@@ -607,3 +607,20 @@ def test_replay_guard_is_off_without_per_mini_batch_ranking_but_the_count_stays(
     with pytest.raises(RuntimeError, match="mixes rows of predicted mini-batches"):
         al.check_minibatch_replay(with_ids)
     al._REPLAY_STATE.update(step=None, last=None)
+
+
+def test_ranking_by_the_current_entropy_without_it_names_the_fix():
+    """A batch of the prefix agent loop chosen per row (not the default loop start-up checks) may reach the loss
+    without the current entropy: the error names the key, not an AttributeError."""
+    from types import SimpleNamespace
+
+    from prefix_rft.actor_loss import demo_keep_mask
+
+    eclip = SimpleNamespace(
+        enable=True, scope="micro_batch", source="current", top_ratio=0.2, selection="top"
+    )
+    prefix = torch.tensor([[True, True, False]])
+    with pytest.raises(ValueError, match="calculate_entropy=true"):
+        demo_keep_mask(prefix, None, None, None, eclip)
+    keep = demo_keep_mask(prefix, None, torch.tensor([[0.1, 0.9, 0.5]]), None, eclip)
+    assert keep.tolist() == [[False, True, False]]

@@ -108,6 +108,23 @@ def test_padding_never_reaches_the_aggregate_and_bad_mode_raises():
         token_loss(lp, lp, lp, mask, mask, is_mode="sft")
 
 
+def test_verls_aggregation_hand_values():
+    """The aggregation the actor loss uses (verl's ``agg_loss``), by hand: Dr.GRPO's mode divides the response
+    sums by the constant ``loss_scale_factor``; without one verl divides by the padded width, which start-up
+    refuses (``validate_verl_config``)."""
+    from verl.trainer.ppo.core_algos import agg_loss
+
+    loss = _t([1.0, 2.0, 3.0], [4.0, 0.0, 0.0])
+    mask = _t([1, 1, 1], [1, 0, 0])
+    assert agg_loss(loss, mask, "token-mean").item() == pytest.approx(10 / 4)
+    assert agg_loss(loss, mask, "seq-mean-token-sum").item() == pytest.approx((6 + 4) / 2)
+    assert agg_loss(loss, mask, "seq-mean-token-mean").item() == pytest.approx((2 + 4) / 2)
+    # Dr.GRPO: per-response sums (6, 4), averaged over 2 responses, divided by the constant 8
+    assert agg_loss(loss, mask, "seq-mean-token-sum-norm", loss_scale_factor=8).item() == pytest.approx(5 / 8)
+    # no constant: the padded width (3 here), which changes with each dynamic micro-batch
+    assert agg_loss(loss, mask, "seq-mean-token-sum-norm").item() == pytest.approx(5 / 3)
+
+
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 10_000), mode=st.sampled_from(["ppo", "behavior_one", "luffy"]))
 def test_unkept_prefix_tokens_get_zero_gradient_and_change_nothing(seed, mode):

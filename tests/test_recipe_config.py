@@ -64,18 +64,25 @@ def test_dr_grpo_normaliser_follows_the_response_budget_and_token_mean_is_an_ove
     assert omega_conf_to_dataclass(cfg.actor_rollout_ref.actor).loss_agg_mode == "token-mean"
 
 
-def test_a_config_without_loss_agg_mode_is_read_with_the_recipe_default():
-    """validate_verl_config's fallback for a missing ``loss_agg_mode`` is the recipe's Dr.GRPO aggregation (one
-    constant, which the recipe yaml writes), never verl's token-mean."""
-    from prefix_rft.verl_config import RECIPE_LOSS_AGG_MODE
+def test_a_config_without_loss_agg_mode_is_checked_as_verl_will_run_it():
+    """The recipe yaml writes Dr.GRPO's aggregation (one constant names it in fixes); a config without the key
+    is checked with what verl then runs, its ``ActorConfig`` default, not with the recipe's value."""
+    from verl.workers.config import ActorConfig
+
+    from prefix_rft.verl_config import RECIPE_LOSS_AGG_MODE, VERL_LOSS_AGG_MODE
 
     assert recipe_config().actor_rollout_ref.actor.loss_agg_mode == RECIPE_LOSS_AGG_MODE
+    assert ActorConfig.__dataclass_fields__["loss_agg_mode"].default == VERL_LOSS_AGG_MODE
     cfg = OmegaConf.to_container(recipe_config("prefix_rft.loss.prefix_tokens=exclude"), resolve=True)
     del cfg["actor_rollout_ref"]["actor"]["loss_agg_mode"]
-    validate_verl_config(cfg)  # exclude is accepted: only the recipe's aggregation honours it
-    cfg["actor_rollout_ref"]["actor"]["loss_scale_factor"] = None  # ... and its constant is required
-    with pytest.raises(PrefixRFTConfigError, match=r"actor_rollout_ref\.actor\.loss_scale_factor=None"):
+    # verl would run token-mean, which does not honour exclude: refused, naming the recipe's aggregation
+    with pytest.raises(
+        PrefixRFTConfigError, match=rf"loss_agg_mode={RECIPE_LOSS_AGG_MODE} \(the recipe default\)"
+    ):
         validate_verl_config(cfg)
+    cfg["prefix_rft"]["loss"]["prefix_tokens"] = "train"
+    cfg["actor_rollout_ref"]["actor"]["loss_scale_factor"] = None  # token-mean needs no constant
+    validate_verl_config(cfg)
 
 
 def test_prefix_rft_block_mirrors_the_dataclass_exactly():
@@ -311,6 +318,10 @@ def test_what_the_actor_loss_no_longer_rechecks_is_refused_at_start_up():
     validate_verl_config(recipe_config(rft, *current, "actor_rollout_ref.actor.calculate_entropy=true"))
     with pytest.raises(PrefixRFTConfigError, match=r"clip_ratio_c=0\.5.*must be > 1"):
         validate_verl_config(recipe_config(rft, "actor_rollout_ref.actor.clip_ratio_c=0.5"))
+    with pytest.raises(
+        PrefixRFTConfigError, match=r"clip_ratio_c='three'.*must be > 1"
+    ):  # named, not a traceback
+        validate_verl_config(recipe_config(rft, "actor_rollout_ref.actor.clip_ratio_c=three"))
     # another agent loop gives plain batches, which the loss hands to verl's ppo_loss (any loss_mode)
     plain = "actor_rollout_ref.rollout.agent.default_agent_loop=single_turn_agent"
     validate_verl_config(recipe_config(rft, plain, "actor_rollout_ref.actor.policy_loss.loss_mode=gspo"))
