@@ -7,6 +7,7 @@ with the repository nowhere on the path (nothing resolves a repository path at i
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -102,7 +103,7 @@ print(json.dumps({{"modules": names, "leaked": leaked,
                    "files": sorted({{m.__file__ for m in map(sys.modules.get, names)}})}}))
 """
     # cwd outside the repository, and no PYTHONPATH: the repository is nowhere on the path
-    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     run = subprocess.run(
         [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
