@@ -14,10 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from prefix_rft.core.entropy import SELECTIONS as ENTROPY_SELECTIONS
 from prefix_rft.core.guidance import COLD_START_RULES, GUIDANCE_MODES
-from prefix_rft.core.loss import IS_MODES, PREFIX_TOKEN_MODES
-from prefix_rft.core.schedule import SAMPLERS, SCHEDULES
+from prefix_rft.core.modes import IS_MODES, PREFIX_TOKEN_MODES, SAMPLERS, SCHEDULES
+from prefix_rft.core.modes import SELECTIONS as ENTROPY_SELECTIONS
 
 ENTROPY_SCOPES = ("mini_batch", "batch", "micro_batch")
 ENTROPY_SOURCES = ("old", "current")

@@ -400,15 +400,15 @@ def check_train_files(train_files: Any, demo_key: str, sample_rows: int = TRAIN_
     """
     if train_files is None:
         return
-    import pyarrow.parquet as pq
-
-    from prefix_rft.data.contract import has_usable_demo, row_problems
-
     paths = [train_files] if isinstance(train_files, str) else list(train_files)
     for path in paths:
         path = os.path.expanduser(str(path))
         if not (path.endswith(".parquet") and os.path.isfile(path)):
             continue
+        import pyarrow.parquet as pq  # only for a file that exists: a dry run on another machine skips it
+
+        from prefix_rft.data.contract import has_usable_demo, row_problems
+
         parquet = pq.ParquetFile(path)
         names = parquet.schema_arrow.names
         if demo_key not in names:

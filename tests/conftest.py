@@ -16,6 +16,8 @@ same names): :func:`compose_recipe` (the recipe's hydra config in this process),
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import subprocess
 import sys
@@ -40,7 +42,15 @@ LAUNCHER_ENV = (
 
 
 def compose_recipe(*overrides: str, config_name: str = "prefix_rft_trainer"):
-    """The recipe's config (``recipe/prefix_rft/config``) composed by hydra with ``overrides``, in this process."""
+    """The recipe's config (``recipe/prefix_rft/config``) composed by hydra with ``overrides``, in this process.
+
+    Each distinct composition runs once per process (~0.3 s of hydra each; the preset tests ask for the same
+    ones several times); every call gets its own copy, free to change."""
+    return copy.deepcopy(_composed(tuple(overrides), config_name))
+
+
+@functools.lru_cache(maxsize=None)
+def _composed(overrides: tuple[str, ...], config_name: str):
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
@@ -146,32 +156,63 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{tier}: a test of the {tier} tier (tests/conftest.py)")
 
 
-#: The e2e modules in the order ``make test`` runs them: one after another on one pytest worker
-#: (:func:`pytest_xdist_make_scheduler`; each launches verl's trainers, two of them two at a time, and more
-#: launches at once on two cores only slow each other down), started first, while the other worker runs the
-#: unit and integration modules.
-HEAVY_FIRST = (
-    "test_learning_cpu",  # 2 trainers at once, ~4 min
-    "test_benchmarks",  # the quick e2e benchmark (2 launches), then the quick learning benchmark (2 at once)
+#: The order ``make test`` hands out its work units (``-n 2``, one pytest worker per core; a unit is a module, its
+#: module fixtures built once, or one of :data:`OWN_UNITS`), each worker holding one running and one queued unit:
+#: the learning test (two trainers at once, ~4 min) first, beside the heaviest integration modules on the other
+#: worker; then the single-trainer e2e units, one per worker; the quick learning benchmark (two trainers at once)
+#: after them; everything else last, filling the tail. Every trainer costs ~40 CPU-s of Ray and verl start-up on
+#: these 2 cores, so the order keeps two or three trainers running, never four. Modules not named run in
+#: collection order after these.
+SCHEDULE = (
+    "test_learning_cpu",
+    "test_recipe_config",
+    "test_presets",
+    "test_sft_launchers",
+    "test_trainer_integration",
+    "test_reward",
+    "test_cpu_platform",
+    "test_cpu_rollout",
+    "test_verl_patches",
+    "test_reference_parity",
+    "test_launcher_defaults",
+    "test_install",
+    "test_benchmarks.py::test_quick_benchmark_prints_every_figure[bench_e2e_cpu]",
     "test_e2e_cpu",
     "test_guidance_e2e",
+    "test_benchmarks.py::test_quick_benchmark_prints_every_figure[bench_learning_e2e]",
     "test_sft_cpu",
+    "test_data",
+    "test_upstream_export",
+    "test_plot",
 )
+#: Tests that are a work unit of their own (each launches its own trainers); the rest of their module is one unit.
+OWN_UNITS = tuple(key for key in SCHEDULE if "::" in key)
+
+
+def _unit(nodeid: str) -> str:
+    """The work unit of a test: its module, or the test itself when it is one of :data:`OWN_UNITS`."""
+    module = nodeid.split("::", 1)[0]
+    return nodeid if any(nodeid == f"tests/{key}" for key in OWN_UNITS) else module
+
+
+def _rank(nodeid: str) -> int:
+    for i, key in enumerate(SCHEDULE):
+        if nodeid == f"tests/{key}" or ("::" not in key and nodeid.startswith(f"tests/{key}.py")):
+            return i
+    return len(SCHEDULE)
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unknown (and unused) without it
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    """``make test``'s work units (``-n 2``): every e2e test in one unit, every other module a unit of its own
-    (its module fixtures built once, on one worker), handed out in collection order (``--no-loadscope-reorder``:
-    the e2e unit first, then the rest as :func:`pytest_collection_modifyitems` orders them)."""
+    """``make test``'s work units (``-n 2``): :func:`_unit`, handed out in collection order
+    (``--no-loadscope-reorder``: :data:`SCHEDULE`'s order, set by :func:`pytest_collection_modifyitems`)."""
     from xdist.scheduler import LoadScopeScheduling
 
-    class TierScheduling(LoadScopeScheduling):
+    class UnitScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            return "e2e" if TIER_OF.get(Path(module).stem) == "e2e" else module
+            return _unit(nodeid)
 
-    return TierScheduling(config, log)
+    return UnitScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -187,6 +228,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         raise pytest.UsageError(
             f"test modules without a tier: {sorted(unclassified)}; add each to TIERS in tests/conftest.py"
         )
-    rank = {module: i for i, module in enumerate(HEAVY_FIRST)}
     order = {id(item): i for i, item in enumerate(items)}
-    items.sort(key=lambda item: (rank.get(Path(str(item.fspath)).stem, len(rank)), order[id(item)]))
+    items.sort(key=lambda item: (_rank(item.nodeid), order[id(item)]))

@@ -126,4 +126,4 @@ def test_core_imports_without_verl():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "['advantage', 'entropy', 'guidance', 'loss', 'schedule', 'splice']"
+    assert out.stdout.strip() == "['advantage', 'entropy', 'guidance', 'loss', 'modes', 'schedule', 'splice']"

@@ -557,11 +557,17 @@ def test_checkpoint_disk_without_room_is_refused_at_start_up(tmp_path, monkeypat
 
 def test_cfg_job_reads_verls_config_from_its_folder_without_importing_verl():
     """``--cfg job`` finds verl's config folder without importing verl (hydra's ``pkg://`` source would: ~3 s of
-    torch, Ray and transformers) and composes exactly what the yaml's own ``pkg://verl.trainer.config`` gives."""
+    torch, Ray and transformers) and composes exactly what the yaml's own ``pkg://verl.trainer.config`` gives.
+    Its validation loads no torch either (``prefix_rft.core.modes``): ~1 s of every launcher's dry run."""
     probe = (
-        "import runpy, sys; sys.argv = [sys.argv[1], '--cfg', 'job', *sys.argv[2:]]; "
-        "runpy.run_path(sys.argv[0], run_name='__main__'); "
-        "print('verl imported:', 'verl' in sys.modules, file=sys.stderr)"
+        "import runpy, sys\n"
+        "sys.argv = [sys.argv[1], '--cfg', 'job', *sys.argv[2:]]\n"
+        "try:\n"
+        "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    assert not exit.code, exit.code\n"
+        "print('verl imported:', 'verl' in sys.modules, file=sys.stderr)\n"
+        "print('torch imported:', 'torch' in sys.modules, file=sys.stderr)\n"
     )
     run = lambda *extra: subprocess.run(  # noqa: E731
         [sys.executable, "-c", probe, str(MAIN), *extra],
@@ -572,6 +578,6 @@ def test_cfg_job_reads_verls_config_from_its_folder_without_importing_verl():
     )
     fast, via_pkg = run(), run("hydra.searchpath=[pkg://verl.trainer.config]")
     assert fast.returncode == 0 and via_pkg.returncode == 0, fast.stderr[-2000:] + via_pkg.stderr[-2000:]
-    assert "verl imported: False" in fast.stderr
+    assert "verl imported: False" in fast.stderr and "torch imported: False" in fast.stderr
     assert "verl imported: True" in via_pkg.stderr  # the command line's own searchpath is kept as given
     assert fast.stdout == via_pkg.stdout and "adv_estimator: prefix_rft" in fast.stdout

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -36,16 +37,20 @@ def test_sft_launcher_composes_verls_sft_trainer_with_the_7b_settings(tmp_path):
 
 
 def test_sft_then_rl_composes_both_halves_rl_from_the_merged_dir(tmp_path):
-    for rl, num_prefixed in (("rft", 0), ("prefix_rft", 1)):
-        sft, rl_cfg = _docs(
-            _run(
-                "run_sft_then_rl_qwen7b.sh",
-                "data.train_batch_size=32",
-                cwd=tmp_path,
-                RL=rl,
-                SFT_OVERRIDES="trainer.total_epochs=1 optim.lr=2e-5",
-            )
+    def launch(rl: str) -> subprocess.CompletedProcess:
+        return _run(
+            "run_sft_then_rl_qwen7b.sh",
+            "data.train_batch_size=32",
+            cwd=tmp_path,
+            RL=rl,
+            SFT_OVERRIDES="trainer.total_epochs=1 optim.lr=2e-5",
         )
+
+    variants = (("rft", 0), ("prefix_rft", 1))
+    with ThreadPoolExecutor(max_workers=2) as pool:  # each imports verl for its SFT half (~5 s)
+        outs = list(pool.map(launch, [rl for rl, _ in variants]))
+    for (rl, num_prefixed), out in zip(variants, outs, strict=True):
+        sft, rl_cfg = _docs(out)
         assert (sft.trainer.total_epochs, sft.optim.lr) == (1, 2e-5)
         assert sft.model.path == "Elliott/Qwen2.5-Math-7B-16k-think"
         hf = "checkpoints/prefix_rft/sft_qwen2.5_math_7b/hf"

@@ -21,8 +21,7 @@ import math
 
 import torch
 
-SELECTIONS = ("top", "random", "bottom")
-"""Which demo tokens keep their advantage: highest entropy (paper), a seeded random choice, lowest entropy."""
+from prefix_rft.core.modes import SELECTIONS
 
 
 def num_kept(num_prefix_tokens: int, top_ratio: float) -> int:

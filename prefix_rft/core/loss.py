@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import torch
 
-IS_MODES = ("ppo", "behavior_one", "luffy")
-PREFIX_TOKEN_MODES = ("train", "freeze", "exclude")
+from prefix_rft.core.modes import IS_MODES, PREFIX_TOKEN_MODES
 
 
 def resolve_prefix_clip(is_mode: str, prefix_clip: bool | None) -> bool:

@@ -17,10 +17,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEDULES = ("cosine", "linear", "const")
-"""Shapes of the lower bound's decay (``PrefixRFTConfig.ratio.schedule``)."""
-SAMPLERS = ("uniform", "beta")
-"""Draws of the prefix ratio in ``[low_t, high]`` (``PrefixRFTConfig.ratio.sampler``)."""
+from prefix_rft.core.modes import SAMPLERS, SCHEDULES
 
 
 def ratio_lower_bound(

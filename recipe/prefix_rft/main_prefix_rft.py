@@ -19,10 +19,6 @@ import sys
 import hydra
 import yaml
 
-PRINT_ONLY = False
-"""Set by ``--cfg job``: validate and print the composed config, start nothing."""
-
-
 def split_cfg_flag(argv: list[str]) -> tuple[list[str], str | None]:
     """``argv`` without its ``--cfg X`` / ``-c X`` / ``--cfg=X`` flag (wherever it is), and ``X`` (or None).
 
@@ -44,12 +40,13 @@ def split_cfg_flag(argv: list[str]) -> tuple[list[str], str | None]:
 
 
 def searchpath_without_imports(args: list[str]) -> list[str]:
-    """For ``--cfg job``: a ``hydra.searchpath`` override naming the recipe yaml's ``pkg://X`` entries as the
+    """A ``hydra.searchpath`` override naming the recipe yaml's ``pkg://X`` entries as the
     ``file://`` folders of package X, found without importing it (``[]`` when the command line sets the
     searchpath itself or a package is not found: hydra then reads the yaml's own entries).
 
     Hydra's ``pkg://`` source imports the package, and importing ``verl`` loads torch, Ray and transformers
-    (~3 s of a ~5 s ``--cfg job``); read from its folder, verl's ``ppo_trainer`` config composes the same.
+    (~3 s of a ~5 s ``--cfg job``); read from its folder, verl's ``ppo_trainer`` config composes the same. So
+    ``--cfg job`` takes ~1 s and a run with a bad value stops in ~1 s, before verl is imported.
     """
     if any(a.lstrip("+").startswith("hydra.searchpath") for a in args):
         return []
@@ -71,40 +68,56 @@ def searchpath_without_imports(args: list[str]) -> list[str]:
     return [f"hydra.searchpath=[{','.join(out)}]"] if out else []
 
 
-@hydra.main(config_path="config", config_name="prefix_rft_trainer", version_base=None)
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config")
+CONFIG_NAME = "prefix_rft_trainer"
+
+
+def print_job(overrides: list[str]) -> int:
+    """``--cfg job``: compose the config as a run would, validate it, print it; start nothing. Returns the exit code.
+
+    Composed with hydra's compose API: ``@hydra.main`` composes the whole config twice (once to read
+    ``hydra.mode``), which is half of a dry run's second. Hydra's errors print as ``@hydra.main`` prints them.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from prefix_rft.config import PrefixRFTConfigError
+    from prefix_rft.verl_config import validate_verl_config
+
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+            config = compose(config_name=CONFIG_NAME, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        cause = err.__cause__ if err.__cause__ is not None else None
+        print(str(err) if cause is None else f"{err}\n{cause}", file=sys.stderr)
+        return 1
+    try:
+        validate_verl_config(config)
+    except PrefixRFTConfigError as err:
+        print(f"invalid config: {err}", file=sys.stderr)
+        return 2
+    print(OmegaConf.to_yaml(config), end="")
+    return 0
+
+
+@hydra.main(config_path="config", config_name=CONFIG_NAME, version_base=None)
 def main(config):
-    """Hydra entry: validate, start Ray, train (or, with ``--cfg job``, validate and print)."""
-    if PRINT_ONLY:
-        from omegaconf import OmegaConf
+    """Hydra entry: validate, start Ray, train."""
+    from prefix_rft.verl_config import validate_verl_config  # no torch, no verl: a bad value fails in ~1 s
 
-        from prefix_rft.config import PrefixRFTConfigError
-        from prefix_rft.verl_config import validate_verl_config
-
-        try:
-            validate_verl_config(config)
-        except PrefixRFTConfigError as err:
-            print(f"invalid config: {err}", file=sys.stderr)
-            sys.exit(2)
-        print(OmegaConf.to_yaml(config), end="")
-        return
-    from prefix_rft.trainer import run_prefix_rft  # heavy (verl trainer): not needed for --cfg job
+    validate_verl_config(config)  # before the ~5 s import of verl's trainer (run_prefix_rft checks it again)
+    from prefix_rft.trainer import run_prefix_rft
 
     run_prefix_rft(config)
 
 
 if __name__ == "__main__":
     args, cfg_flag = split_cfg_flag(sys.argv[1:])
+    # verl's config folder by path: a config is composed and checked before anything imports verl
+    args += searchpath_without_imports(args)
     if cfg_flag == "job":
-        PRINT_ONLY = True
-        # no output folder, no log files: only the yaml goes to stdout
-        args += [
-            *searchpath_without_imports(args),
-            "hydra.output_subdir=null",
-            "hydra.run.dir=.",
-            "hydra/job_logging=none",
-            "hydra/hydra_logging=none",
-        ]
-        sys.argv = [sys.argv[0], *args]
-    elif cfg_flag is not None:
-        sys.argv = [sys.argv[0], "--cfg", cfg_flag, *args]
+        sys.exit(print_job(args))
+    sys.argv = [sys.argv[0], *args] if cfg_flag is None else [sys.argv[0], "--cfg", cfg_flag, *args]
     main()
