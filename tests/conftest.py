@@ -44,17 +44,50 @@ LAUNCHER_ENV = (
 def compose_recipe(*overrides: str, config_name: str = "prefix_rft_trainer"):
     """The recipe's config (``recipe/prefix_rft/config``) composed by hydra with ``overrides``, in this process.
 
-    Each distinct composition runs once per process (~0.3 s of hydra each; the preset tests ask for the same
-    ones several times); every call gets its own copy, free to change."""
-    return copy.deepcopy(_composed(tuple(overrides), config_name))
+    What hydra's compose does, in two parts: the defaults list (the config-group overrides, e.g.
+    ``+preset=rft``) is composed once per process and cached (~0.3 s each; the tests ask for the same ones
+    hundreds of times), then the value overrides (``a.b=v``, ``+a.b=v``, ``++a.b=v``, ``~a.b``) are applied to a
+    copy by hydra's own ``ConfigLoaderImpl._apply_overrides_to_config``, the step hydra runs after composing the
+    defaults. ``test_recipe_config.py`` checks the result equals a full composition. Each call gets its own copy,
+    free to change."""
+    groups, values = _split_overrides(overrides)
+    cfg = copy.deepcopy(_composed(groups, config_name))
+    if values:
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+    return cfg
 
 
-@functools.lru_cache(maxsize=None)
-def _composed(overrides: tuple[str, ...], config_name: str):
+def compose_recipe_with_hydra(*overrides: str, config_name: str = "prefix_rft_trainer"):
+    """The recipe's config composed by hydra's compose API with every override, nothing cached."""
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         return compose(config_name=config_name, overrides=list(overrides))
+
+
+def _split_overrides(overrides: tuple[str, ...]) -> tuple[tuple[str, ...], list]:
+    """``overrides`` -> (the ones that may change the defaults list, as given; the parsed value overrides).
+
+    A value override names a dotted key (``a.b``): hydra's config groups are ``a/b`` paths or top-level names,
+    so an override of a top-level name, a group path, a ``hydra.`` key or with a ``@package`` goes with the groups.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    groups, values = [], []
+    for line, parsed in zip(overrides, OverridesParser.create().parse_overrides(list(overrides)), strict=True):
+        key = parsed.key_or_group
+        if "." in key and "/" not in key and not key.startswith("hydra.") and parsed.package is None:
+            values.append(parsed)
+        else:
+            groups.append(line)
+    return tuple(groups), values
+
+
+@functools.lru_cache(maxsize=None)
+def _composed(overrides: tuple[str, ...], config_name: str):
+    return compose_recipe_with_hydra(*overrides, config_name=config_name)
 
 
 def run_launcher(

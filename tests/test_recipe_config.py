@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import compose_recipe as recipe_config
-from conftest import run_launcher
+from conftest import compose_recipe_with_hydra, run_launcher
 from omegaconf import OmegaConf
 
 from prefix_rft.config import PrefixRFTConfig, PrefixRFTConfigError
@@ -20,6 +20,33 @@ from prefix_rft.verl_config import validate_verl_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = ROOT / "recipe" / "prefix_rft" / "main_prefix_rft.py"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        (),
+        ("+preset=luffy", "prefix_rft.loss.luffy_gamma=0.3"),
+        ("prefix_rft.ratio.high=0.9", "data.val_files=null", "actor_rollout_ref.actor.optim.lr=1e-5"),
+        ("trainer.logger=[console,file]", "+actor_rollout_ref.model.override_config.attn_implementation=sdpa"),
+        ("++trainer.total_training_steps=7", "~actor_rollout_ref.actor.optim.weight_decay", "+preset=adaptive"),
+        ("prefix_rft.guidance.mode=adaptive", "+ray_kwargs.ray_init.num_gpus=1", "data.train_files=[a,b]"),
+    ],
+)
+def test_cached_composition_equals_hydras(overrides):
+    """The tests' ``compose_recipe`` (each defaults list composed once, value overrides applied by hydra's own
+    step) gives exactly what hydra's compose gives, flags included; and refuses what hydra refuses."""
+    fast, full = recipe_config(*overrides), compose_recipe_with_hydra(*overrides)
+    assert OmegaConf.to_container(fast) == OmegaConf.to_container(full)
+    assert OmegaConf.is_struct(fast) == OmegaConf.is_struct(full)
+    from hydra.errors import ConfigCompositionException
+
+    for bad in ("prefix_rft.no_such_key=1", "+prefix_rft.ratio.high=0.5"):
+        with pytest.raises(ConfigCompositionException) as fast_err:
+            recipe_config(*overrides, bad)
+        with pytest.raises(ConfigCompositionException) as full_err:
+            compose_recipe_with_hydra(*overrides, bad)
+        assert str(fast_err.value) == str(full_err.value)
 
 
 def test_recipe_composes_with_paper_settings():
