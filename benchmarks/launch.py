@@ -12,6 +12,8 @@ Metrics come from verl's own ``file`` logger (``trainer.logger=[console,file]``,
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import json
 import math
@@ -20,7 +22,7 @@ import subprocess
 import sys
 import time
 import types
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +64,42 @@ def cpu_env(base: dict[str, str] | None = None) -> dict[str, str]:
     env.update(RECIPE_ENV)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     return env
+
+
+#: The launch cap: at most ``$BENCH_LAUNCH_SLOTS`` trainer launches (:func:`run_recipe`, the SFT runs of
+#: :mod:`benchmarks.sft`) at a time among all processes that share the folder ``$BENCH_LAUNCH_LOCK_DIR``, threads
+#: included; both unset (the default): no cap. ``make test`` sets them (tests/conftest.py): on 2 cores a third
+#: launch beside two running ones can starve Ray's start-up past its fixed 30 s node-registration timeout.
+LAUNCH_SLOTS_ENV = "BENCH_LAUNCH_SLOTS"
+LAUNCH_LOCK_DIR_ENV = "BENCH_LAUNCH_LOCK_DIR"
+
+
+@contextlib.contextmanager
+def launch_slot(env: dict[str, str] | None = None) -> Iterator[None]:
+    """Hold one of the :data:`LAUNCH_SLOTS_ENV` slots (a ``flock`` on ``slot-<i>.lock`` in
+    :data:`LAUNCH_LOCK_DIR_ENV`) for the ``with`` body, waiting for a free one; released on exit, also when the
+    holder dies. A no-op unless both variables are set in ``env`` (default: this process' environment)."""
+    env = os.environ if env is None else env
+    slots, lock_dir = int(env.get(LAUNCH_SLOTS_ENV) or 0), env.get(LAUNCH_LOCK_DIR_ENV)
+    if slots <= 0 or not lock_dir:
+        yield
+        return
+    Path(lock_dir).mkdir(parents=True, exist_ok=True)
+    while True:
+        for i in range(slots):
+            handle = open(Path(lock_dir) / f"slot-{i}.lock", "a")  # one open file per holder: threads exclude too
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.close()
+            return
+        time.sleep(0.5)
 
 
 @dataclass
@@ -229,59 +267,60 @@ def run_recipe(
     cmd = [sys.executable, str(RECIPE_MAIN), *cpu_overrides(rollout), *overrides]
     earlier = read_metrics(metrics_file)  # lines of an earlier run (kept on resume): not reported again
     seen: set[int] = set()
-    start = time.monotonic()
+    with launch_slot():  # waits for a free slot under make test (LAUNCH_SLOTS_ENV); timed from here
+        start = time.monotonic()
 
-    def poll() -> None:
-        for step, data in sorted(read_metrics(metrics_file).items()):
-            if (
-                step not in seen
-                and earlier.get(step) != data
-                and any(k.startswith("timing_s/step") for k in data)
-            ):
-                seen.add(step)
-                if on_step is not None:
-                    on_step(step, data)
+        def poll() -> None:
+            for step, data in sorted(read_metrics(metrics_file).items()):
+                if (
+                    step not in seen
+                    and earlier.get(step) != data
+                    and any(k.startswith("timing_s/step") for k in data)
+                ):
+                    seen.add(step)
+                    if on_step is not None:
+                        on_step(step, data)
 
-    with open(log_file, "w") as log:
-        log.write("$ " + " ".join(cmd) + "\n")
-        log.flush()
-        proc = subprocess.Popen(
-            cmd,
-            cwd=str(workdir),
-            env=env,
-            stdout=subprocess.PIPE if stream else log,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        try:
-            if stream:
-                assert proc.stdout is not None
-                for line in proc.stdout:
-                    log.write(line)
-                    sys.stdout.write(line)
+        with open(log_file, "w") as log:
+            log.write("$ " + " ".join(cmd) + "\n")
+            log.flush()
+            proc = subprocess.Popen(
+                cmd,
+                cwd=str(workdir),
+                env=env,
+                stdout=subprocess.PIPE if stream else log,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            try:
+                if stream:
+                    assert proc.stdout is not None
+                    for line in proc.stdout:
+                        log.write(line)
+                        sys.stdout.write(line)
+                        poll()
+                while proc.poll() is None:
                     poll()
-            while proc.poll() is None:
-                poll()
-                if timeout_s is not None and time.monotonic() - start > timeout_s:
-                    proc.terminate()
-                    try:
-                        proc.wait(timeout=30)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                    break
-                time.sleep(0.5)
-        except BaseException:
-            proc.terminate()
-            raise
-        finally:
-            proc.wait()
-    poll()
-    return RunResult(
-        returncode=proc.returncode,
-        metrics=read_metrics(metrics_file),
-        log_file=str(log_file),
-        wall_s=time.monotonic() - start,
-    )
+                    if timeout_s is not None and time.monotonic() - start > timeout_s:
+                        proc.terminate()
+                        try:
+                            proc.wait(timeout=30)
+                        except subprocess.TimeoutExpired:
+                            proc.kill()
+                        break
+                    time.sleep(0.5)
+            except BaseException:
+                proc.terminate()
+                raise
+            finally:
+                proc.wait()
+        poll()
+        return RunResult(
+            returncode=proc.returncode,
+            metrics=read_metrics(metrics_file),
+            log_file=str(log_file),
+            wall_s=time.monotonic() - start,
+        )
 
 
 def prefix_metrics(step_metrics: dict) -> dict[str, float]:

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.launch import cpu_env, log_tail, read_metrics
+from benchmarks.launch import cpu_env, launch_slot, log_tail, read_metrics
 
 SFT_MODULE = "verl.trainer.sft_trainer"
 MERGER_MODULE = "verl.model_merger"
@@ -260,8 +260,9 @@ def run_sft(
     result = SftResult(returncode=0, log_file=str(log_file), ckpt_dir=str(step_dir), steps=total_steps)
     stage = "SFT trainer"
     with open(log_file, "w") as log:
-        t0 = time.monotonic()
-        rc = _run_logged(train_cmd, log=log, cwd=str(out), env=run_env, timeout_s=timeout_s)
+        with launch_slot():  # one of make test's trainer slots (benchmarks.launch.LAUNCH_SLOTS_ENV)
+            t0 = time.monotonic()
+            rc = _run_logged(train_cmd, log=log, cwd=str(out), env=run_env, timeout_s=timeout_s)
         result.sft_wall_s = time.monotonic() - t0
         if rc == 0 and not (step_dir / "model_world_size_1_rank_0.pt").exists():
             log.write(f"\n[benchmarks.sft] the trainer exited 0 but wrote no checkpoint at {step_dir}\n")

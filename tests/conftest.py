@@ -19,8 +19,10 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -162,6 +164,7 @@ TIERS: dict[str, tuple[str, ...]] = {
         "test_install",
         "test_launcher_defaults",
         "test_learning_bench",
+        "test_launch_slots",
         "test_packaging",
         "test_presets",
         "test_recipe_config",
@@ -184,21 +187,34 @@ TIERS: dict[str, tuple[str, ...]] = {
 TIER_OF = {module: tier for tier, modules in TIERS.items() for module in modules}
 
 
+#: Trainer launches at once in a test session, across its pytest workers (:func:`benchmarks.launch.launch_slot`):
+#: the learning test's two, or two single launches; never a third beside them (on 2 cores it starved Ray's
+#: start-up past its 30 s node-registration timeout). ``BENCH_LAUNCH_SLOTS`` in the environment wins (0: no cap).
+LAUNCH_SLOTS = 2
+
+
 def pytest_configure(config: pytest.Config) -> None:
     for tier in TIERS:
         config.addinivalue_line("markers", f"{tier}: a test of the {tier} tier (tests/conftest.py)")
+    if not hasattr(config, "workerinput"):  # the main process: its pytest workers inherit the environment
+        from benchmarks.launch import LAUNCH_LOCK_DIR_ENV, LAUNCH_SLOTS_ENV
+
+        os.environ.setdefault(LAUNCH_SLOTS_ENV, str(LAUNCH_SLOTS))
+        if LAUNCH_LOCK_DIR_ENV not in os.environ:
+            os.environ[LAUNCH_LOCK_DIR_ENV] = tempfile.mkdtemp(prefix="prefix-rft-launch-slots-")
+            config.add_cleanup(lambda: shutil.rmtree(os.environ.pop(LAUNCH_LOCK_DIR_ENV), ignore_errors=True))
 
 
 #: The order ``make test`` hands out its work units (``-n 2``, one pytest worker per core; a unit is a module, its
-#: module fixtures built once, or one of :data:`OWN_UNITS`), each worker holding one running and one queued unit:
-#: the learning test (two trainers at once, ~4 min) first, beside the heaviest integration modules on the other
-#: worker; then the single-trainer e2e units, one per worker; the quick learning benchmark (two trainers at once)
-#: after them; everything else last, filling the tail. Every trainer costs ~40 CPU-s of Ray and verl start-up on
-#: these 2 cores, so the order keeps two or three trainers running, never four. Modules not named run in
-#: collection order after these.
+#: module fixtures built once, or one of :data:`OWN_UNITS`). Each worker holds one running and one queued unit, and
+#: at most :data:`LAUNCH_SLOTS` trainers run at once. So: the learning test (two trainers, ~4 min) on one worker,
+#: with the guidance e2e test queued behind it there; the integration modules, heaviest first, then the rest
+#: (``"*"``: every module not named, in collection order) on the other; then the single-trainer e2e units on both.
+#: Every trainer launch costs ~40 CPU-s of Ray and verl start-up on these 2 cores.
 SCHEDULE = (
     "test_learning_cpu",
     "test_recipe_config",
+    "test_guidance_e2e",
     "test_presets",
     "test_sft_launchers",
     "test_trainer_integration",
@@ -209,14 +225,14 @@ SCHEDULE = (
     "test_reference_parity",
     "test_launcher_defaults",
     "test_install",
-    "test_benchmarks.py::test_quick_benchmark_prints_every_figure[bench_e2e_cpu]",
-    "test_e2e_cpu",
-    "test_guidance_e2e",
-    "test_benchmarks.py::test_quick_benchmark_prints_every_figure[bench_learning_e2e]",
-    "test_sft_cpu",
     "test_data",
     "test_upstream_export",
     "test_plot",
+    "*",
+    "test_benchmarks.py::test_quick_benchmark_prints_every_figure[bench_e2e_cpu]",
+    "test_e2e_cpu",
+    "test_benchmarks.py::test_quick_benchmark_prints_every_figure[bench_learning_e2e]",
+    "test_sft_cpu",
 )
 #: Tests that are a work unit of their own (each launches its own trainers); the rest of their module is one unit.
 OWN_UNITS = tuple(key for key in SCHEDULE if "::" in key)
@@ -229,10 +245,11 @@ def _unit(nodeid: str) -> str:
 
 
 def _rank(nodeid: str) -> int:
+    """Position of a test's unit in :data:`SCHEDULE` (``"*"``'s for a module not named there)."""
     for i, key in enumerate(SCHEDULE):
-        if nodeid == f"tests/{key}" or ("::" not in key and nodeid.startswith(f"tests/{key}.py")):
+        if nodeid == f"tests/{key}" or ("::" not in key and nodeid.startswith(f"tests/{key}.py::")):
             return i
-    return len(SCHEDULE)
+    return SCHEDULE.index("*")
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unknown (and unused) without it

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
+import threading
 
 import pytest
 import torch
@@ -446,13 +448,24 @@ async def test_weight_update_through_adapter_changes_greedy_output(model_dir, to
 async def test_abort_returns_partial_outputs_and_resume_admits_again(model, tokenizer, prompt_ids):
     server = HFCPUServer(rollout_config(batch_wait_ms=0), model=model, tokenizer=tokenizer)
     long = {"temperature": 0.0, "max_tokens": 2000, "ignore_eos": True}
-    task = asyncio.ensure_future(
-        server.generate(prompt_ids=prompt_ids[0], sampling_params=long, request_id="l")
-    )
-    while not server._running:
-        await asyncio.sleep(0.01)
-    result = await server.abort_all_requests()
-    out = await task
+    decoding = threading.Event()  # set by the model's 3rd forward: the prefill and a decode step are done
+    calls = itertools.count(1)
+
+    def count_forward(*_) -> None:  # a forward hook that returns None leaves the output as it is
+        if next(calls) >= 3:
+            decoding.set()
+
+    hook = model.register_forward_hook(count_forward)
+    try:
+        task = asyncio.ensure_future(
+            server.generate(prompt_ids=prompt_ids[0], sampling_params=long, request_id="l")
+        )
+        # abort mid-generation (on a loaded machine the first token can take seconds)
+        assert await asyncio.to_thread(decoding.wait, 120)
+        result = await server.abort_all_requests()
+        out = await task
+    finally:
+        hook.remove()
     assert result["aborted_count"] == 1
     assert out.stop_reason == "aborted" and 0 < len(out.token_ids) < 2000
 
