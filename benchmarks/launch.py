@@ -87,7 +87,8 @@ def launch_slot(env: dict[str, str] | None = None) -> Iterator[None]:
     Path(lock_dir).mkdir(parents=True, exist_ok=True)
     while True:
         for i in range(slots):
-            handle = open(Path(lock_dir) / f"slot-{i}.lock", "a")  # one open file per holder: threads exclude too
+            # one open file per holder: threads of one process exclude each other too
+            handle = open(Path(lock_dir) / f"slot-{i}.lock", "a")
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

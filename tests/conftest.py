@@ -78,7 +78,8 @@ def _split_overrides(overrides: tuple[str, ...]) -> tuple[tuple[str, ...], list]
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     groups, values = [], []
-    for line, parsed in zip(overrides, OverridesParser.create().parse_overrides(list(overrides)), strict=True):
+    parsed_overrides = OverridesParser.create().parse_overrides(list(overrides))
+    for line, parsed in zip(overrides, parsed_overrides, strict=True):
         key = parsed.key_or_group
         if "." in key and "/" not in key and not key.startswith("hydra.") and parsed.package is None:
             values.append(parsed)
@@ -87,7 +88,7 @@ def _split_overrides(overrides: tuple[str, ...]) -> tuple[tuple[str, ...], list]
     return tuple(groups), values
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _composed(overrides: tuple[str, ...], config_name: str):
     return compose_recipe_with_hydra(*overrides, config_name=config_name)
 

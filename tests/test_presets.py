@@ -120,7 +120,7 @@ def test_preset_composes_and_validates(name):
     for key, value in EXPECTED[name].items():
         assert OmegaConf.select(cfg, key) == value, (name, key)
     validate_verl_config(cfg)
-    _verl_accepts_actor(OmegaConf.to_yaml(cfg.actor_rollout_ref.actor, resolve=True))  # verl's dataclass accepts it
+    _verl_accepts_actor(OmegaConf.to_yaml(cfg.actor_rollout_ref.actor, resolve=True))
     # the command line wins over the preset
     assert composed(name, "prefix_rft.loss.luffy_gamma=0.3").prefix_rft.loss.luffy_gamma == 0.3
 

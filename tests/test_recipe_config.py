@@ -28,8 +28,15 @@ MAIN = ROOT / "recipe" / "prefix_rft" / "main_prefix_rft.py"
         (),
         ("+preset=luffy", "prefix_rft.loss.luffy_gamma=0.3"),
         ("prefix_rft.ratio.high=0.9", "data.val_files=null", "actor_rollout_ref.actor.optim.lr=1e-5"),
-        ("trainer.logger=[console,file]", "+actor_rollout_ref.model.override_config.attn_implementation=sdpa"),
-        ("++trainer.total_training_steps=7", "~actor_rollout_ref.actor.optim.weight_decay", "+preset=adaptive"),
+        (
+            "trainer.logger=[console,file]",
+            "+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
+        ),
+        (
+            "++trainer.total_training_steps=7",
+            "~actor_rollout_ref.actor.optim.weight_decay",
+            "+preset=adaptive",
+        ),
         ("prefix_rft.guidance.mode=adaptive", "+ray_kwargs.ray_init.num_gpus=1", "data.train_files=[a,b]"),
     ],
 )

@@ -19,6 +19,7 @@ import sys
 import hydra
 import yaml
 
+
 def split_cfg_flag(argv: list[str]) -> tuple[list[str], str | None]:
     """``argv`` without its ``--cfg X`` / ``-c X`` / ``--cfg=X`` flag (wherever it is), and ``X`` (or None).
 
