@@ -94,6 +94,9 @@ def launch_slot(env: dict[str, str] | None = None) -> Iterator[None]:
             except BlockingIOError:
                 handle.close()
                 continue
+            except BaseException:
+                handle.close()
+                raise
             try:
                 yield
             finally:

@@ -70,10 +70,13 @@ def compose_recipe_with_hydra(*overrides: str, config_name: str = "prefix_rft_tr
 
 
 def _split_overrides(overrides: tuple[str, ...]) -> tuple[tuple[str, ...], list]:
-    """``overrides`` -> (the ones that may change the defaults list, as given; the parsed value overrides).
+    """``overrides`` -> (the ones that select configs, as given; the parsed value overrides, in order).
 
-    A value override names a dotted key (``a.b``): hydra's config groups are ``a/b`` paths or top-level names,
-    so an override of a top-level name, a group path, a ``hydra.`` key or with a ``@package`` goes with the groups.
+    Hydra applies config-group overrides to the defaults list and every other override, in command-line order,
+    to the composed config. A dotted key (``a.b``) is always a value; a top-level name is a group when it names a
+    config group folder (``preset``, verl's ``actor``...) with a plain value, or carries a ``@package``. Anything
+    else undotted (``trainer={...}``, ``+newkey=1``) is a value whose order against the dotted ones matters:
+    then every override goes to hydra's compose at once (``([all overrides], [])``).
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -83,9 +86,31 @@ def _split_overrides(overrides: tuple[str, ...]) -> tuple[tuple[str, ...], list]
         key = parsed.key_or_group
         if "." in key and "/" not in key and not key.startswith("hydra.") and parsed.package is None:
             values.append(parsed)
-        else:
+        elif parsed.package is not None or "/" in key or key.startswith("hydra"):
             groups.append(line)
+        elif key in _config_groups() and isinstance(parsed.value(), str):
+            groups.append(line)
+        else:
+            return tuple(overrides), []
     return tuple(groups), values
+
+
+@functools.cache
+def _config_groups() -> frozenset[str]:
+    """Top-level config group names: the folders of the recipe's config and of verl's (found, not imported)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("verl")
+    roots = [CONFIG_DIR]
+    if spec is not None and spec.submodule_search_locations:
+        roots.append(Path(spec.submodule_search_locations[0]) / "trainer" / "config")
+    return frozenset(
+        p.name
+        for root in roots
+        if root.is_dir()
+        for p in root.iterdir()
+        if p.is_dir() and p.name != "__pycache__"
+    )
 
 
 @functools.cache
@@ -202,16 +227,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
         os.environ.setdefault(LAUNCH_SLOTS_ENV, str(LAUNCH_SLOTS))
         if LAUNCH_LOCK_DIR_ENV not in os.environ:
-            os.environ[LAUNCH_LOCK_DIR_ENV] = tempfile.mkdtemp(prefix="prefix-rft-launch-slots-")
-            config.add_cleanup(lambda: shutil.rmtree(os.environ.pop(LAUNCH_LOCK_DIR_ENV), ignore_errors=True))
+            lock_dir = tempfile.mkdtemp(prefix="prefix-rft-launch-slots-")
+            os.environ[LAUNCH_LOCK_DIR_ENV] = lock_dir
+            config.add_cleanup(lambda: shutil.rmtree(lock_dir, ignore_errors=True))
 
 
 #: The order ``make test`` hands out its work units (``-n 2``, one pytest worker per core; a unit is a module, its
-#: module fixtures built once, or one of :data:`OWN_UNITS`). Each worker holds one running and one queued unit, and
-#: at most :data:`LAUNCH_SLOTS` trainers run at once. So: the learning test (two trainers, ~4 min) on one worker,
-#: with the guidance e2e test queued behind it there; the integration modules, heaviest first, then the rest
-#: (``"*"``: every module not named, in collection order) on the other; then the single-trainer e2e units on both.
-#: Every trainer launch costs ~40 CPU-s of Ray and verl start-up on these 2 cores.
+#: module fixtures built once, or one of :data:`OWN_UNITS`). Each worker holds about one running and one queued
+#: unit (xdist tops a worker up when it has two or fewer tests left), and at most :data:`LAUNCH_SLOTS` trainers run
+#: at once. So: the learning test (two trainers, ~4 min alone, ~5.5 beside the other worker) on one worker, with
+#: the guidance e2e test queued behind it there; the integration modules, heaviest first, then the rest (``"*"``:
+#: every module not named, in collection order) on the other; then the single-trainer e2e units on both. A 2-step
+#: trainer launch costs ~50 CPU-s on these 2 cores, most of it Ray and verl start-up.
 SCHEDULE = (
     "test_learning_cpu",
     "test_recipe_config",

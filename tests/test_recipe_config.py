@@ -38,14 +38,28 @@ MAIN = ROOT / "recipe" / "prefix_rft" / "main_prefix_rft.py"
             "+preset=adaptive",
         ),
         ("prefix_rft.guidance.mode=adaptive", "+ray_kwargs.ray_init.num_gpus=1", "data.train_files=[a,b]"),
+        # undotted values: their order against the dotted ones matters (all go to hydra's compose at once)
+        ("trainer.total_epochs=3", "trainer={total_epochs:5}"),
+        ("~trainer.total_epochs", "++trainer={total_epochs:9}"),
+        ("+newtop.x=1", "+newtop={y:2}", "model_engine=megatron"),
+        (
+            "data.max_prompt_length=${data.max_response_length}",
+            "actor_rollout_ref.rollout.n=${oc.decode:'4'}",
+        ),
     ],
 )
 def test_cached_composition_equals_hydras(overrides):
     """The tests' ``compose_recipe`` (each defaults list composed once, value overrides applied by hydra's own
     step) gives exactly what hydra's compose gives, flags included; and refuses what hydra refuses."""
     fast, full = recipe_config(*overrides), compose_recipe_with_hydra(*overrides)
-    assert OmegaConf.to_container(fast) == OmegaConf.to_container(full)
-    assert OmegaConf.is_struct(fast) == OmegaConf.is_struct(full)
+    assert OmegaConf.to_yaml(fast) == OmegaConf.to_yaml(full)  # keys in the same order too
+    assert OmegaConf.to_yaml(fast, resolve=True) == OmegaConf.to_yaml(full, resolve=True)
+    for node in ("", "trainer", "actor_rollout_ref.actor", "prefix_rft.ratio"):
+        a, b = OmegaConf.select(fast, node) if node else fast, OmegaConf.select(full, node) if node else full
+        assert (OmegaConf.is_struct(a), OmegaConf.is_readonly(a)) == (
+            OmegaConf.is_struct(b),
+            OmegaConf.is_readonly(b),
+        )
     from hydra.errors import ConfigCompositionException
 
     for bad in ("prefix_rft.no_such_key=1", "+prefix_rft.ratio.high=0.5"):

@@ -11,4 +11,7 @@ One module per idea of the paper (arXiv 2507.01679):
 Beyond the paper:
 
 - :mod:`~prefix_rft.core.guidance`  per-prompt guidance: which prompts get their prefix, at which ratio
+
+And :mod:`~prefix_rft.core.modes`: the names of the modes the modules above accept, without torch or numpy (what
+:mod:`prefix_rft.config` validates against).
 """

@@ -1,8 +1,9 @@
-"""The names of the modes the core's tensor functions accept, with no torch import.
+"""The names of the modes the core's functions accept, with no torch or numpy import.
 
 :mod:`prefix_rft.config` validates every ``prefix_rft.*`` choice against these tuples, so checking a config
-(``main_prefix_rft.py --cfg job``, the launchers' dry runs) never loads torch. The functions that use them
-(:mod:`prefix_rft.core.entropy`, :mod:`prefix_rft.core.loss`) import them from here.
+(``main_prefix_rft.py --cfg job``, the launchers' dry runs) never loads torch. The modules that use them
+(:mod:`prefix_rft.core.entropy`, :mod:`prefix_rft.core.loss`, :mod:`prefix_rft.core.schedule`) import them
+from here.
 """
 
 SELECTIONS = ("top", "random", "bottom")
@@ -18,7 +19,7 @@ PREFIX_TOKEN_MODES = ("train", "freeze", "exclude")
 denominator), or exclude them (out of the loss and its denominator)."""
 
 SCHEDULES = ("cosine", "linear", "const")
-"""Shapes of the prefix-ratio lower bound's decay (paper sec. 3: cosine)."""
+"""Shapes of the prefix-ratio lower bound's decay (paper appendix A.2: cosine)."""
 
 SAMPLERS = ("uniform", "beta")
 """Draws of the prefix ratio in ``[low_t, high]`` (paper sec. 3: uniform)."""

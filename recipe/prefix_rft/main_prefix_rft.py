@@ -71,29 +71,18 @@ def searchpath_without_imports(args: list[str]) -> list[str]:
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config")
 CONFIG_NAME = "prefix_rft_trainer"
+PRINT_ONLY = False
+"""Set by ``--cfg job`` together with hydra flags (``-cn``, ``--resolve``, ...): ``@hydra.main`` composes,
+:func:`main` validates and prints."""
 
 
-def print_job(overrides: list[str]) -> int:
-    """``--cfg job``: compose the config as a run would, validate it, print it; start nothing. Returns the exit code.
-
-    Composed with hydra's compose API: ``@hydra.main`` composes the whole config twice (once to read
-    ``hydra.mode``), which is half of a dry run's second. Hydra's errors print as ``@hydra.main`` prints them.
-    """
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
+def validate_and_print(config) -> int:
+    """``--cfg job``'s output: the config validated (exit code 2 and the reason when invalid), then printed (0)."""
     from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
 
     from prefix_rft.config import PrefixRFTConfigError
     from prefix_rft.verl_config import validate_verl_config
 
-    try:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-            config = compose(config_name=CONFIG_NAME, overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as err:
-        cause = err.__cause__ if err.__cause__ is not None else None
-        print(str(err) if cause is None else f"{err}\n{cause}", file=sys.stderr)
-        return 1
     try:
         validate_verl_config(config)
     except PrefixRFTConfigError as err:
@@ -103,9 +92,38 @@ def print_job(overrides: list[str]) -> int:
     return 0
 
 
+def print_job(overrides: list[str]) -> int:
+    """``--cfg job`` with overrides only: compose the config as a run would, validate and print it, start nothing;
+    returns the exit code.
+
+    Composed with hydra's compose API: ``@hydra.main`` composes the whole config twice (once to read
+    ``hydra.mode``), half of a dry run's second. Hydra's errors print as ``@hydra.main`` prints them (the whole
+    traceback with ``HYDRA_FULL_ERROR=1``).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+            config = compose(config_name=CONFIG_NAME, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else None
+        print(str(err) if cause is None else f"{err}\n{cause}", file=sys.stderr)
+        print(
+            "\nSet the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.", file=sys.stderr
+        )
+        return 1
+    return validate_and_print(config)
+
+
 @hydra.main(config_path="config", config_name=CONFIG_NAME, version_base=None)
 def main(config):
-    """Hydra entry: validate, start Ray, train."""
+    """Hydra entry: validate, start Ray, train (with :data:`PRINT_ONLY`: validate and print)."""
+    if PRINT_ONLY:
+        sys.exit(validate_and_print(config))
     from prefix_rft.verl_config import validate_verl_config  # no torch, no verl: a bad value fails in ~1 s
 
     validate_verl_config(config)  # before the ~5 s import of verl's trainer (run_prefix_rft checks it again)
@@ -116,9 +134,17 @@ def main(config):
 
 if __name__ == "__main__":
     args, cfg_flag = split_cfg_flag(sys.argv[1:])
-    # verl's config folder by path: a config is composed and checked before anything imports verl
-    args += searchpath_without_imports(args)
-    if cfg_flag == "job":
-        sys.exit(print_job(args))
-    sys.argv = [sys.argv[0], *args] if cfg_flag is None else [sys.argv[0], "--cfg", cfg_flag, *args]
-    main()
+    if any(
+        arg.startswith("-") for arg in args
+    ):  # hydra flags (-m, -cn X, --info, ...): hydra parses the line
+        PRINT_ONLY = cfg_flag == "job"
+        flag = [] if cfg_flag in (None, "job") else ["--cfg", cfg_flag]
+        sys.argv = [sys.argv[0], *flag, *args]
+        main()
+    else:
+        # verl's config folder by path: the config is composed and checked before anything imports verl
+        args += searchpath_without_imports(args)
+        if cfg_flag == "job":
+            sys.exit(print_job(args))
+        sys.argv = [sys.argv[0], *args] if cfg_flag is None else [sys.argv[0], "--cfg", cfg_flag, *args]
+        main()
