@@ -260,6 +260,24 @@ def _env():
     return env
 
 
+def test_hydra_flags_anywhere_on_the_line(tmp_path):
+    """The entry point adds its own overrides (verl's config folder by path, ``--cfg job``'s quiet output) after the
+    line's overrides and its flags first: hydra's parser takes overrides as one run (before: a trailing flag such
+    as ``--info`` failed with 'unrecognized arguments')."""
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, str(MAIN), *args], capture_output=True, text=True, timeout=300, cwd=tmp_path
+        )
+
+    info = run("trainer.total_epochs=1", "--info", "searchpath")
+    assert info.returncode == 0, info.stderr[-2000:]
+    assert "file://" in info.stdout and "verl/trainer/config" in info.stdout
+    job = run("--cfg", "job", "-cn", "prefix_rft_trainer", "+preset=luffy")
+    assert job.returncode == 0, job.stderr[-2000:]
+    assert "is_mode: luffy" in job.stdout and not (tmp_path / "outputs").exists()
+
+
 def test_main_rejects_a_bad_value_before_starting_ray(tmp_path):
     out = subprocess.run(
         [sys.executable, str(MAIN), "prefix_rft.ratio.high=1.5"],

@@ -132,19 +132,44 @@ def main(config):
     run_prefix_rft(config)
 
 
+def with_overrides(args: list[str], extra: list[str]) -> list[str]:
+    """``args`` with the hydra overrides ``extra`` after its own, its flags (``-m``, ``-cn X``, ``--info ...``) first:
+    hydra's parser takes the overrides only as one run of positional arguments."""
+    if not extra:
+        return list(args)
+    from hydra._internal.utils import get_args_parser  # the parser @hydra.main uses
+
+    overrides = list(get_args_parser().parse_args(args).overrides)
+    flags, pending = [], list(overrides)
+    for arg in args:
+        if pending and arg == pending[0]:
+            pending.pop(0)
+        else:
+            flags.append(arg)
+    return [*flags, *overrides, *extra]
+
+
 if __name__ == "__main__":
     args, cfg_flag = split_cfg_flag(sys.argv[1:])
-    if any(
-        arg.startswith("-") for arg in args
-    ):  # hydra flags (-m, -cn X, --info, ...): hydra parses the line
-        PRINT_ONLY = cfg_flag == "job"
-        flag = [] if cfg_flag in (None, "job") else ["--cfg", cfg_flag]
-        sys.argv = [sys.argv[0], *flag, *args]
-        main()
+    # verl's config folder by path: the config is composed and checked before anything imports verl
+    searchpath = searchpath_without_imports(args)
+    if cfg_flag == "job" and not any(arg.startswith("-") for arg in args):
+        sys.exit(print_job([*args, *searchpath]))
+    if (
+        cfg_flag == "job"
+    ):  # with hydra flags (-cn X, -p P, ...): @hydra.main composes, main() validates and prints
+        PRINT_ONLY = True
+        quiet = [
+            "hydra.output_subdir=null",
+            "hydra.run.dir=.",
+            "hydra/job_logging=none",
+            "hydra/hydra_logging=none",
+        ]
+        sys.argv = [sys.argv[0], *with_overrides(args, [*searchpath, *quiet])]
     else:
-        # verl's config folder by path: the config is composed and checked before anything imports verl
-        args += searchpath_without_imports(args)
-        if cfg_flag == "job":
-            sys.exit(print_job(args))
-        sys.argv = [sys.argv[0], *args] if cfg_flag is None else [sys.argv[0], "--cfg", cfg_flag, *args]
-        main()
+        sys.argv = [
+            sys.argv[0],
+            *(["--cfg", cfg_flag] if cfg_flag else []),
+            *with_overrides(args, searchpath),
+        ]
+    main()
