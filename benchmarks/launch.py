@@ -80,7 +80,12 @@ def launch_slot(env: dict[str, str] | None = None) -> Iterator[None]:
     :data:`LAUNCH_LOCK_DIR_ENV`) for the ``with`` body, waiting for a free one; released on exit, also when the
     holder dies. A no-op unless both variables are set in ``env`` (default: this process' environment)."""
     env = os.environ if env is None else env
-    slots, lock_dir = int(env.get(LAUNCH_SLOTS_ENV) or 0), env.get(LAUNCH_LOCK_DIR_ENV)
+    try:
+        slots, lock_dir = int(env.get(LAUNCH_SLOTS_ENV) or 0), env.get(LAUNCH_LOCK_DIR_ENV)
+    except ValueError:
+        raise ValueError(
+            f"{LAUNCH_SLOTS_ENV}={env.get(LAUNCH_SLOTS_ENV)!r}: expected a whole number of launches (0: no cap)"
+        ) from None
     if slots <= 0 or not lock_dir:
         yield
         return

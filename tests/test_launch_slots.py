@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from benchmarks.launch import LAUNCH_LOCK_DIR_ENV, LAUNCH_SLOTS_ENV, launch_slot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +47,9 @@ def test_threads_share_the_slots(tmp_path):
 
 def test_no_cap_without_both_variables(tmp_path):
     assert _most_at_once({}, holders=3) == 3
+    with pytest.raises(ValueError, match="BENCH_LAUNCH_SLOTS='two': expected a whole number"):
+        with launch_slot({LAUNCH_SLOTS_ENV: "two", LAUNCH_LOCK_DIR_ENV: str(tmp_path)}):
+            pass
     assert _most_at_once({LAUNCH_SLOTS_ENV: "1"}, holders=3) == 3  # no folder: no cap
     assert _most_at_once({LAUNCH_SLOTS_ENV: "0", LAUNCH_LOCK_DIR_ENV: str(tmp_path)}, holders=3) == 3
 
