@@ -220,9 +220,8 @@ def demo_keep_mask(
             )
         return keep_field
     if eclip.source == "current":
-        if (
-            entropy is None
-        ):  # start-up checks this for the recipe's default agent loop; a per-row loop may not be
+        # start-up checks this for the recipe's default agent loop; a per-row loop may not be
+        if entropy is None:
             raise ValueError(
                 "prefix_rft.entropy_clip.source=current ranks demo tokens by the current policy's entropy and "
                 "the model output has none: set actor_rollout_ref.actor.calculate_entropy=true"

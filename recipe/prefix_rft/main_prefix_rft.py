@@ -155,9 +155,8 @@ if __name__ == "__main__":
     searchpath = searchpath_without_imports(args)
     if cfg_flag == "job" and not any(arg.startswith("-") for arg in args):
         sys.exit(print_job([*args, *searchpath]))
-    if (
-        cfg_flag == "job"
-    ):  # with hydra flags (-cn X, -p P, ...): @hydra.main composes, main() validates and prints
+    # --cfg job with hydra flags (-cn X, -p P, ...): @hydra.main composes, main() validates and prints
+    if cfg_flag == "job":
         PRINT_ONLY = True
         quiet = [
             "hydra.output_subdir=null",
