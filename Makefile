@@ -78,7 +78,8 @@ bench-e2e: install
 # the paper's comparison at CPU scale through verl's real trainers: learning-rate sweeps on the baselines (dev
 # split), then every arm x 3 seeds (test split), ~2.5 h on 2 cores; resumable on any machine (each run's result
 # is committed under docs/results/learning/); writes docs/results/cpu_learning.{json,md,*.png}.
-# QUICK=1 for the smoke size (results and report under outputs/).
+# QUICK=1 for the smoke size (results and report under outputs/); `scripts/bench_learning.py --ci` is make test's
+# learning check (tests/test_learning_cpu.py).
 bench-learning: install
 	$(PY) scripts/bench_learning.py $(BENCH_FLAGS)
 

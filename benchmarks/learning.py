@@ -594,6 +594,25 @@ def matrix_runs(settings: dict, arms=None, seeds=None) -> list[Run]:
 #: Arms run first for every seed.
 FIRST = ("rft", "shuffled_reward", "prefix_rft", "exclude_prefix")
 
+#: ``bench_learning.py --ci``, what ``make test`` runs (tests/test_learning_cpu.py): the comparison's base, its
+#: seed-0 RFT run and that run's shuffled-reward control, at the tuned settings (:func:`ci_settings`).
+CI_ARMS = ("base", "rft", "shuffled_reward")
+#: The level the CI check validates on: the trained 2-digit problems, where 32 steps move RFT the most.
+CI_LEVEL = 2
+
+
+def ci_settings(tuned: dict) -> dict:
+    """The comparison's tuned settings as ``--ci`` runs them: every training setting unchanged (the same runs as
+    the matrix's seed 0), validated on the :data:`CI_LEVEL`-digit test problems only and at the last step only
+    (validation does not draw from the rollout's random stream: the training is the matrix's)."""
+    return {
+        **copy.deepcopy(tuned),
+        "test_freq": tuned["steps"],
+        "eval_levels": [CI_LEVEL],
+        "tune_levels": [CI_LEVEL],  # the report's pass@k level
+        "seeds": [0],
+    }
+
 
 def run_many(
     runs: list[Run],
@@ -961,7 +980,8 @@ def write_report(report: dict, out_dir: Path) -> list[Path]:
     def style(arm: str) -> dict:
         return {"lw": 2.6 if arm == "prefix_rft" else 1.3, "ls": "--" if arm == "shuffled_reward" else "-"}
 
-    fig, axes = plt.subplots(1, len(levels), figsize=(5 * len(levels), 4.2))
+    fig, axes = plt.subplots(1, len(levels), figsize=(5 * len(levels), 4.2), squeeze=False)
+    axes = axes[0]
     for ax, lv in zip(axes, levels, strict=True):
         for arm, a in report["arms"].items():
             pts = a.get("curve_by_level", {}).get(lv)

@@ -10,8 +10,11 @@ the sweeps chose (``SELECTION_RULE``). Finished runs are skipped (their JSON und
     python scripts/bench_learning.py --phase sweeps        # the sweeps only
     python scripts/bench_learning.py --arms rft prefix_rft --seeds 0
     python scripts/bench_learning.py --quick               # a smoke test (tiny sizes, outputs/ only)
+    python scripts/bench_learning.py --ci                  # what make test checks (~6 min, outputs/ only)
 
-It ends with one ``RESULT <arm>_<level>=<mean accuracy>`` line per arm.
+It ends with one ``RESULT <arm>_<level>=<mean accuracy>`` line per arm. ``--quick`` and ``--ci`` start afresh in
+their own folder (``outputs/bench_learning_{quick,ci}``, or ``--work-dir``), which also holds their report, and
+exit 1 when a run failed.
 """
 
 from __future__ import annotations
@@ -56,8 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arms", nargs="+", choices=list(L.ARMS), default=None, help="subset of arms")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="subset of seeds")
     p.add_argument("--parallel", type=int, default=L.SETTINGS["parallel_runs"], help="runs at a time")
-    p.add_argument(
+    small = p.add_mutually_exclusive_group()
+    small.add_argument(
         "--quick", action="store_true", help="smoke sizes: base + rft + prefix_rft, 1 seed, 2 steps"
+    )
+    small.add_argument(
+        "--ci",
+        action="store_true",
+        help="make test's learning check: the comparison's base, seed-0 RFT and its shuffled-reward control "
+        "(tuned settings, 32 steps), validated on the 2-digit test problems at the end",
     )
     p.add_argument(
         "--report-only", action="store_true", help="write the report from finished runs, run nothing"
@@ -67,26 +77,42 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     model = build_base_model()
     log = lambda s: print(s, flush=True)  # noqa: E731
-    if args.quick:
-        settings = {**copy.deepcopy(L.SETTINGS), **QUICK}
-        results_dir = work_dir = Path("outputs/bench_learning_quick").resolve()
-        if not args.report_only:  # a smoke test starts afresh: stale results must not stand in for a run
+    if args.ci and args.arms:
+        p.error(f"--ci runs the arms {', '.join(L.CI_ARMS)}; --arms does not apply")
+    if args.quick or args.ci:
+        if args.ci:
+            tuned = L.tuned_settings(results_dir=results_dir)
+            if tuned is None:
+                log(
+                    f"[bench-learning] --ci runs at the tuned settings: the sweeps' results under {results_dir} are missing"
+                )
+                return 1
+            name, settings, arms = "ci", L.ci_settings(tuned), list(L.CI_ARMS)
+        else:
+            name, settings = "quick", {**copy.deepcopy(L.SETTINGS), **QUICK}
+            arms = args.arms or ["base", "rft", "prefix_rft"]
+        own = args.work_dir != p.get_default("work_dir")
+        results_dir = work_dir = Path(args.work_dir if own else f"outputs/bench_learning_{name}").resolve()
+        if not args.report_only:  # a check starts afresh: stale results must not stand in for a run
             shutil.rmtree(work_dir, ignore_errors=True)
         if args.report_dir == p.get_default("report_dir"):
             report_dir = work_dir / "report"
-        runs = L.matrix_runs(settings, args.arms or ["base", "rft", "prefix_rft"], args.seeds)
+        runs = L.matrix_runs(settings, arms, args.seeds)
         data = L.build_data(work_dir / "matrix", settings, model, "test")
         if not args.report_only:
             L.run_many(
                 runs, data, parallel=args.parallel, results_dir=results_dir, work_dir=work_dir, log=log
             )
-        report = L.aggregate(
-            L.finished(runs, results_dir), settings, {}, time.monotonic() - start, "bench_learning.py --quick"
-        )
+        done = L.finished(runs, results_dir)
+        report = L.aggregate(done, settings, {}, time.monotonic() - start, f"bench_learning.py --{name}")
         L.write_report(report, report_dir)
+        print(L.markdown_table(report))
         for line in L.result_lines(report):
             print(line)
-        return 0
+        missing = [r.name for r in runs if r not in done]
+        if missing:
+            log(f"[bench-learning] not finished: {', '.join(missing)} (their logs are under {work_dir})")
+        return 1 if missing else 0
     if args.phase in ("all", "sweeps") and not args.report_only:
         base = L.dev_base_run()
         data = L.build_data(work_dir / "sweep-base", base.settings, model, "dev", base.levels)

@@ -214,7 +214,7 @@ TIER_OF = {module: tier for tier, modules in TIERS.items() for module in modules
 
 
 #: Trainer launches at once in a test session, across its pytest workers (:func:`benchmarks.launch.launch_slot`):
-#: the learning test's two, or two single launches; never a third beside them (on 2 cores it starved Ray's
+#: the learning check's runs (two at a time), or two single launches; never a third beside them (on 2 cores it starved Ray's
 #: start-up past its 30 s node-registration timeout). ``BENCH_LAUNCH_SLOTS`` in the environment wins (0: no cap).
 LAUNCH_SLOTS = 2
 
@@ -235,7 +235,7 @@ def pytest_configure(config: pytest.Config) -> None:
 #: The order ``make test`` hands out its work units (``-n 2``, one pytest worker per core; a unit is a module, its
 #: module fixtures built once, or one of :data:`OWN_UNITS`). Each worker holds about one running and one queued
 #: unit (xdist tops a worker up when it has two or fewer tests left), and at most :data:`LAUNCH_SLOTS` trainers run
-#: at once. So: the learning test (two trainers, ~4 min alone, ~5.5 beside the other worker) on one worker, with
+#: at once. So: the learning test (three trainers two at a time, 4.7 min alone) on one worker, with
 #: the guidance e2e test queued behind it there; the integration modules, heaviest first, then the rest (``"*"``:
 #: every module not named, in collection order) on the other; then the single-trainer e2e units on both. A 2-step
 #: trainer launch costs ~50 CPU-s on these 2 cores, most of it Ray and verl start-up.
@@ -259,7 +259,6 @@ SCHEDULE = (
     "*",
     "test_benchmarks.py::test_quick_benchmark_prints_every_figure[bench_e2e_cpu]",
     "test_e2e_cpu",
-    "test_benchmarks.py::test_quick_benchmark_prints_every_figure[bench_learning_e2e]",
     "test_sft_cpu",
 )
 #: Tests that are a work unit of their own (each launches its own trainers); the rest of their module is one unit.

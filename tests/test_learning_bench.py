@@ -162,3 +162,30 @@ def test_every_arm_preset_exists_and_sweeps_tune_baselines_only():
 def test_demo_tokens_trained_is_zero_for_arms_whose_demo_tokens_get_no_gradient():
     assert not L.trains_demo_tokens("exclude_prefix") and not L.trains_demo_tokens("freeze_prefix")
     assert L.trains_demo_tokens("prefix_rft") and L.trains_demo_tokens("rl_sft_loss")  # its SFT term
+
+
+def test_every_arm_run_passes_the_recipes_start_up_checks(compose_recipe, tmp_path):
+    """Every recipe run the benchmark makes (each RL arm's, the validation-only base run's) composes with the
+    CPU overrides and passes the checks a launch makes before verl starts, on the benchmark's own data files:
+    ``make test`` launches only ``--ci``'s arms (tests/test_learning_cpu.py)."""
+    import importlib
+
+    from benchmarks.launch import cpu_overrides
+    from prefix_rft.verl_config import validate_verl_config
+
+    settings = {**L.SETTINGS, "rl_lr": 3e-5, "sft_lr": 3e-4}
+    data = L.build_data(tmp_path, settings, "unused", "test", [2])
+    model = str(tmp_path / "model")
+    checked = []
+    for arm, a in L.ARMS.items():
+        if a.kind not in ("rl", "sft_rl", "base"):
+            continue
+        for module in a.modules:  # what VERL_USE_EXTERNAL_MODULES imports in the trainer's processes
+            importlib.import_module(module)
+        run_dir = tmp_path / "runs" / arm
+        ov = L.rl_overrides(settings, data, model, arm, 0, run_dir, levels=[2], val_only=a.kind == "base")
+        cfg = compose_recipe(*cpu_overrides("hf_cpu"), *ov)
+        validate_verl_config(cfg)
+        assert cfg.data.train_files == data.train and cfg.trainer.val_only == (a.kind == "base"), arm
+        checked.append(arm)
+    assert len(checked) == len([a for a in L.ARMS.values() if a.kind in ("rl", "sft_rl", "base")]) >= 15
