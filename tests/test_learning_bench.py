@@ -189,3 +189,22 @@ def test_every_arm_run_passes_the_recipes_start_up_checks(compose_recipe, tmp_pa
         assert cfg.data.train_files == data.train and cfg.trainer.val_only == (a.kind == "base"), arm
         checked.append(arm)
     assert len(checked) == len([a for a in L.ARMS.values() if a.kind in ("rl", "sft_rl", "base")]) >= 15
+
+
+def test_base_model_bits_do_not_depend_on_the_callers_thread_count(tmp_path):
+    """One intra-op thread sums in another order than two and builds another model (measured); the build runs on
+    :data:`BUILD_THREADS` whatever the caller set (``OMP_NUM_THREADS=1``, a 1-core machine), then restores it."""
+    from benchmarks.fixtures.base_model import BASE_RECIPE, pretrain
+
+    recipe = {**BASE_RECIPE, "examples": 640}
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        pretrain(recipe, str(tmp_path / "one"), log=lambda line: None)
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(4)
+        pretrain(recipe, str(tmp_path / "four"), log=lambda line: None)
+    finally:
+        torch.set_num_threads(threads)
+    one, four = ((tmp_path / d / "model.safetensors").read_bytes() for d in ("one", "four"))
+    assert one == four
