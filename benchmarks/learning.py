@@ -400,11 +400,30 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def run_overrides(run: Run, data: BenchData, model: str, run_dir: Path) -> list[str]:
+    """The recipe overrides of ``run`` from ``model``: a validation-only run (the base; an SFT model in the SFT
+    sweep), else the arm's training run (an SFT->RL run validates its SFT model before training too)."""
+    levels = run.levels or tuple(run.settings["eval_levels"])
+    kind = ARMS[run.arm].kind
+    if kind in ("base", "sft"):
+        return rl_overrides(run.settings, data, model, "rft", run.seed, run_dir, levels=levels, val_only=True)
+    return rl_overrides(
+        run.settings,
+        data,
+        model,
+        run.arm,
+        run.seed,
+        run_dir,
+        levels=levels,
+        val_before_train=kind == "sft_rl",
+    )
+
+
 def _validate_model(run: Run, data: BenchData, model: str, run_dir: Path, timeout_s: float) -> dict:
     """A validation-only recipe run of ``model`` (no update): its accuracy and pass@k."""
     levels = run.levels or tuple(run.settings["eval_levels"])
     res = run_recipe(
-        rl_overrides(run.settings, data, model, "rft", run.seed, run_dir, levels=levels, val_only=True),
+        run_overrides(run, data, model, run_dir),
         workdir=run_dir,
         tag="val",
         timeout_s=timeout_s,
@@ -455,16 +474,7 @@ def run_one(
             sft_run = Run(run.phase, "sft", run.seed, run.settings, run.split, run.levels)
             model = _sft_model(sft_run, data, sft_run.work_dir(work_dir), timeout_s)["dir"]
         res = run_recipe(
-            rl_overrides(
-                s,
-                data,
-                model,
-                run.arm,
-                run.seed,
-                run_dir,
-                levels=levels,
-                val_before_train=arm.kind == "sft_rl",
-            ),
+            run_overrides(run, data, model, run_dir),
             workdir=run_dir,
             tag="train",
             timeout_s=timeout_s,
@@ -593,6 +603,21 @@ def matrix_runs(settings: dict, arms=None, seeds=None) -> list[Run]:
 
 #: Arms run first for every seed.
 FIRST = ("rft", "shuffled_reward", "prefix_rft", "exclude_prefix")
+
+#: ``bench_learning.py --quick``: seconds-to-minutes sizes over :data:`SETTINGS` (results under outputs/, never docs/).
+QUICK: dict = {
+    "steps": 2,
+    "test_freq": 2,
+    "eval_rows_per_level": 8,
+    "batch_size": 4,
+    "mini_batch_size": 2,
+    "train_levels": {"2": 4, "3": 4},
+    "eval_levels": [2, 3],
+    "seeds": [0],
+    "rl_lr": 3e-5,
+    "sft_lr": 3e-4,
+    "sft_epochs": 1,
+}
 
 #: ``bench_learning.py --ci``, what ``make test`` runs (tests/test_learning_cpu.py): the comparison's base, its
 #: seed-0 RFT run and that run's shuffled-reward control, at the tuned settings (:func:`ci_settings`).
@@ -861,10 +886,9 @@ def markdown_table(report: dict) -> str:
     hard = str(s["tune_levels"][-1])
     first = levels[0]
     pk = f"pass@{s['val_n']}_{hard}"
-    ood = str(max(s["eval_levels"]))
     head = (
         ["method"]
-        + [f"{lv}-digit" + (" (OOD)" if lv == ood else "") for lv in levels]
+        + [f"{lv}-digit" + ("" if lv in s["train_levels"] else " (OOD)") for lv in levels]
         + [
             f"{hard}-digit pass@{s['val_n']}",
             f"Δ base ({first}-digit)",
@@ -1052,7 +1076,8 @@ def write_report(report: dict, out_dir: Path) -> list[Path]:
 def _markdown_report(report: dict) -> str:
     s = report["settings"]
     lines = [
-        "# Prefix-RFT at CPU scale: tuned baselines, a reward-free control, every arm x 3 seeds",
+        "# Prefix-RFT at CPU scale: tuned baselines, a reward-free control, every arm x "
+        + (f"{len(s['seeds'])} seeds" if len(s["seeds"]) > 1 else "1 seed"),
         "",
         f"Produced by `{report['command']}` on a 2-core CPU machine (no GPU), 2 runs at a time.",
         f"Held-out **test** problems ({s['eval_rows_per_level']} per level), avg@{s['val_n']} at temperature "
@@ -1074,13 +1099,19 @@ def _markdown_report(report: dict) -> str:
         "",
         "![health](cpu_learning_health.png)",
         "",
-        "## Tuning (dev split, on the baselines only)",
-        "",
-        f"Selection rule: {report['protocol']['selection_rule']}.",
-        "",
-        sweep_table(report),
-        "![sweeps](cpu_learning_sweeps.png)",
-        "",
+        *(
+            [
+                "## Tuning (dev split, on the baselines only)",
+                "",
+                f"Selection rule: {report['protocol']['selection_rule']}.",
+                "",
+                sweep_table(report),
+                "![sweeps](cpu_learning_sweeps.png)",
+                "",
+            ]
+            if report.get("sweeps")
+            else []
+        ),
         "## Settings",
         "",
         "```json",

@@ -10,11 +10,11 @@ the sweeps chose (``SELECTION_RULE``). Finished runs are skipped (their JSON und
     python scripts/bench_learning.py --phase sweeps        # the sweeps only
     python scripts/bench_learning.py --arms rft prefix_rft --seeds 0
     python scripts/bench_learning.py --quick               # a smoke test (tiny sizes, outputs/ only)
-    python scripts/bench_learning.py --ci                  # what make test checks (~6 min, outputs/ only)
+    python scripts/bench_learning.py --ci                  # what make test checks (~5 min, outputs/ only)
 
 It ends with one ``RESULT <arm>_<level>=<mean accuracy>`` line per arm. ``--quick`` and ``--ci`` start afresh in
-their own folder (``outputs/bench_learning_{quick,ci}``, or ``--work-dir``), which also holds their report, and
-exit 1 when a run failed.
+their own folder (``outputs/bench_learning_{quick,ci}``, or a new or empty ``--work-dir``), which also holds their
+report, and exit 1 when a run failed.
 """
 
 from __future__ import annotations
@@ -34,20 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import learning as L  # noqa: E402
 from benchmarks.fixtures.base_model import build_base_model  # noqa: E402
 
-#: ``--quick``: seconds-to-minutes sizes; results under outputs/, never docs/.
-QUICK = {
-    "steps": 2,
-    "test_freq": 2,
-    "eval_rows_per_level": 8,
-    "batch_size": 4,
-    "mini_batch_size": 2,
-    "train_levels": {"2": 4, "3": 4},
-    "eval_levels": [2, 3],
-    "seeds": [0],
-    "rl_lr": 3e-5,
-    "sft_lr": 3e-4,
-    "sft_epochs": 1,
-}
+#: Written into the folder of a ``--quick`` / ``--ci`` run: only a folder holding it (or empty) is emptied by the next.
+MARKER = ".bench_learning_check"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,28 +61,44 @@ def main(argv: list[str] | None = None) -> int:
         "--report-only", action="store_true", help="write the report from finished runs, run nothing"
     )
     args = p.parse_args(argv)
+    if args.ci:  # make test's check: its arms, seed 0, nothing else
+        for flag, given in (("--arms", args.arms), ("--seeds", args.seeds), ("--phase", args.phase != "all")):
+            if given:
+                p.error(f"--ci runs {', '.join(L.CI_ARMS)} with seed 0; {flag} does not apply")
+    elif args.quick and args.phase != "all":
+        p.error("--quick runs its own small comparison; --phase does not apply")
     results_dir, work_dir, report_dir = Path(args.results_dir), Path(args.work_dir), Path(args.report_dir)
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    tuned = L.tuned_settings(results_dir=results_dir) if args.ci else None
+    if args.ci and tuned is None:
+        log(
+            f"[bench-learning] --ci runs at the tuned settings: the sweeps' results under {results_dir} are missing"
+        )
+        return 1
     start = time.monotonic()
     model = build_base_model()
-    log = lambda s: print(s, flush=True)  # noqa: E731
-    if args.ci and args.arms:
-        p.error(f"--ci runs the arms {', '.join(L.CI_ARMS)}; --arms does not apply")
     if args.quick or args.ci:
+        name = "ci" if args.ci else "quick"
         if args.ci:
-            tuned = L.tuned_settings(results_dir=results_dir)
-            if tuned is None:
-                log(
-                    f"[bench-learning] --ci runs at the tuned settings: the sweeps' results under {results_dir} are missing"
-                )
-                return 1
-            name, settings, arms = "ci", L.ci_settings(tuned), list(L.CI_ARMS)
+            settings, arms = L.ci_settings(tuned), list(L.CI_ARMS)
         else:
-            name, settings = "quick", {**copy.deepcopy(L.SETTINGS), **QUICK}
-            arms = args.arms or ["base", "rft", "prefix_rft"]
-        own = args.work_dir != p.get_default("work_dir")
-        results_dir = work_dir = Path(args.work_dir if own else f"outputs/bench_learning_{name}").resolve()
+            settings, arms = (
+                {**copy.deepcopy(L.SETTINGS), **L.QUICK},
+                args.arms or ["base", "rft", "prefix_rft"],
+            )
+        own = work_dir.resolve() != L.WORK_DIR.resolve()  # else this size's own folder under outputs/
+        results_dir = work_dir = (
+            work_dir.resolve() if own else L.REPO_ROOT / "outputs" / f"bench_learning_{name}"
+        )
         if not args.report_only:  # a check starts afresh: stale results must not stand in for a run
+            marker = work_dir / MARKER
+            if own and work_dir.is_dir() and any(work_dir.iterdir()) and not marker.exists():
+                p.error(
+                    f"--work-dir {work_dir} holds files this script did not write: name a new or empty folder"
+                )
             shutil.rmtree(work_dir, ignore_errors=True)
+            work_dir.mkdir(parents=True)
+            marker.write_text(f"written by scripts/bench_learning.py --{name}; emptied by its next run\n")
         if args.report_dir == p.get_default("report_dir"):
             report_dir = work_dir / "report"
         runs = L.matrix_runs(settings, arms, args.seeds)
@@ -104,11 +108,11 @@ def main(argv: list[str] | None = None) -> int:
                 runs, data, parallel=args.parallel, results_dir=results_dir, work_dir=work_dir, log=log
             )
         done = L.finished(runs, results_dir)
-        report = L.aggregate(done, settings, {}, time.monotonic() - start, f"bench_learning.py --{name}")
-        L.write_report(report, report_dir)
-        print(L.markdown_table(report))
-        for line in L.result_lines(report):
-            print(line)
+        _report(
+            L.aggregate(done, settings, {}, time.monotonic() - start, f"bench_learning.py --{name}"),
+            report_dir,
+            log,
+        )
         missing = [r.name for r in runs if r not in done]
         if missing:
             log(f"[bench-learning] not finished: {', '.join(missing)} (their logs are under {work_dir})")
@@ -166,12 +170,17 @@ def main(argv: list[str] | None = None) -> int:
         reference=[json.loads(p.read_text()) for p in sorted(L.REFERENCE_DIR.glob("rft_seed*.json"))],
     )
     report["not_run"] = [r.name for r in all_runs if not r.result_path(results_dir).exists()]
+    _report(report, report_dir, log)
+    return 0
+
+
+def _report(report: dict, report_dir: Path, log) -> None:
+    """Write the report's files, then print its table and the ``RESULT`` lines."""
     for path in L.write_report(report, report_dir):
         log(f"[bench-learning] wrote {path}")
     print(L.markdown_table(report))
     for line in L.result_lines(report):
         print(line)
-    return 0
 
 
 if __name__ == "__main__":

@@ -16,10 +16,13 @@ same names): :func:`compose_recipe` (the recipe's hydra config in this process),
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -135,6 +138,50 @@ def run_launcher(
     env.update(env_extra)
     cmd = ["bash", str(ROOT / "scripts" / script), *args, *(["--cfg", "job"] if cfg_job else [])]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+
+
+#: ``RESULT <name>=<value>``: one figure a line, what every benchmark entry point ends with.
+RESULT_LINE = re.compile(r"^RESULT ([A-Za-z0-9_]+)=(\S+)$", re.MULTILINE)
+
+
+def parse_results(stdout: str) -> dict[str, float]:
+    """``RESULT name=value`` lines -> {name: value}; a name printed twice is an error."""
+    out: dict[str, float] = {}
+    for name, value in RESULT_LINE.findall(stdout):
+        assert name not in out, f"RESULT {name} printed twice"
+        out[name] = float(value)
+    return out
+
+
+def run_benchmark(cmd: list[str], timeout_s: float) -> str:
+    """Run a benchmark entry point from the repository root as a user runs it, the repository on ``PYTHONPATH``;
+    returns its stdout. Fails the test, with the output's tail, when it exits non-zero or runs past
+    ``timeout_s`` (its own process group: the trainers and Ray processes it started are stopped with it)."""
+    env = dict(os.environ, PY=sys.executable)  # scripts/bench_e2e_cpu.sh runs "$PY -m benchmarks.e2e"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, None)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                stdout, stderr = proc.communicate(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        pytest.fail(f"{' '.join(cmd)} ran over {timeout_s}s:\n{(stdout + stderr)[-4000:]}")
+    assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}:\n{(stdout + stderr)[-4000:]}"
+    return stdout
 
 
 @pytest.fixture(name="compose_recipe")

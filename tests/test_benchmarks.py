@@ -1,4 +1,5 @@
-"""Every benchmark entry point runs at its ``--quick`` size and prints every figure it promises.
+"""Every benchmark entry point but the learning benchmark runs at its ``--quick`` size and prints every figure it
+promises.
 
 A benchmark that breaks (an API change, a new start-up check) fails here, not for a user reading the
 README's Performance table. Each entry runs as a subprocess, exactly as the README / Makefile run it, and
@@ -16,18 +17,11 @@ pass (``-k "not e2e"``) deselects it.
 from __future__ import annotations
 
 import math
-import os
-import re
-import signal
-import subprocess
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-RESULT_LINE = re.compile(r"^RESULT ([A-Za-z0-9_]+)=(\S+)$", re.MULTILINE)
+from conftest import parse_results, run_benchmark
 
 
 @dataclass(frozen=True)
@@ -76,15 +70,6 @@ BENCHES = {
 }
 
 
-def parse_results(stdout: str) -> dict[str, float]:
-    """``RESULT name=value`` lines -> {name: value}; a name printed twice is an error."""
-    out: dict[str, float] = {}
-    for name, value in RESULT_LINE.findall(stdout):
-        assert name not in out, f"RESULT {name} printed twice"
-        out[name] = float(value)
-    return out
-
-
 def test_parse_results():
     text = "table\nRESULT a_ratio=1.05\nnoise RESULT b=2\nRESULT c=nan\n"
     assert parse_results(text) == {"a_ratio": 1.05, "c": pytest.approx(float("nan"), nan_ok=True)}
@@ -95,34 +80,10 @@ def test_parse_results():
 @pytest.mark.parametrize("name", list(BENCHES))
 def test_quick_benchmark_prints_every_figure(name):
     bench = BENCHES[name]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    env["PY"] = sys.executable  # scripts/bench_e2e_cpu.sh runs "$PY -m benchmarks.e2e"
-    # own process group: on a timeout the trainer and Ray processes the e2e bench starts go too
-    proc = subprocess.Popen(
-        bench.cmd,
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=bench.timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-        pytest.fail(f"{' '.join(bench.cmd)} ran over {bench.timeout_s}s")
-    tail = (stdout + stderr)[-4000:]
-    assert proc.returncode == 0, f"{' '.join(bench.cmd)} exited {proc.returncode}:\n{tail}"
+    stdout = run_benchmark(bench.cmd, bench.timeout_s)
     results = parse_results(stdout)
     missing = [f for f in bench.figures if f not in results]
-    assert not missing, f"{name} did not print RESULT lines for {missing}:\n{tail}"
+    assert not missing, f"{name} did not print RESULT lines for {missing}:\n{stdout[-4000:]}"
     assert set(results) == set(bench.figures), (
         f"unlisted figures: {sorted(set(results) - set(bench.figures))}"
     )

@@ -164,31 +164,38 @@ def test_demo_tokens_trained_is_zero_for_arms_whose_demo_tokens_get_no_gradient(
     assert L.trains_demo_tokens("prefix_rft") and L.trains_demo_tokens("rl_sft_loss")  # its SFT term
 
 
-def test_every_arm_run_passes_the_recipes_start_up_checks(compose_recipe, tmp_path):
-    """Every recipe run the benchmark makes (each RL arm's, the validation-only base run's) composes with the
-    CPU overrides and passes the checks a launch makes before verl starts, on the benchmark's own data files:
-    ``make test`` launches only ``--ci``'s arms (tests/test_learning_cpu.py)."""
+@pytest.mark.parametrize("size", ["comparison", "quick"])
+def test_every_run_passes_the_recipes_start_up_checks(compose_recipe, tmp_path, size):
+    """Every recipe run of the comparison (each arm's training run, the validation-only runs of the base and of
+    the SFT sweep) and of ``--quick``, as :func:`benchmarks.learning.run_overrides` writes it, composes with the
+    CPU overrides and passes the checks a launch makes before verl starts, on the benchmark's own data files and
+    a model with the base model's context window: ``make test`` launches only ``--ci``'s three runs."""
     import importlib
 
     from benchmarks.launch import cpu_overrides
     from prefix_rft.verl_config import validate_verl_config
 
-    settings = {**L.SETTINGS, "rl_lr": 3e-5, "sft_lr": 3e-4}
-    data = L.build_data(tmp_path, settings, "unused", "test", [2])
-    model = str(tmp_path / "model")
-    checked = []
-    for arm, a in L.ARMS.items():
-        if a.kind not in ("rl", "sft_rl", "base"):
-            continue
-        for module in a.modules:  # what VERL_USE_EXTERNAL_MODULES imports in the trainer's processes
+    settings = {**L.SETTINGS, "rl_lr": 3e-5, "sft_lr": 3e-4, **(L.QUICK if size == "quick" else {})}
+    data = L.build_data(tmp_path, settings, "unused", "test")
+    model = tmp_path / "model"
+    model.mkdir()
+    # the base model's context window (benchmarks/fixtures/base_model.py): checked against prompt + response
+    (model / "config.json").write_text(json.dumps({"model_type": "qwen2", "max_position_embeddings": 512}))
+    runs = L.matrix_runs(settings, [a for a in L.ARMS if L.ARMS[a].kind != "sft"])
+    runs.append(L.sweep_runs("sft_lr", settings)[0])  # an SFT model's validation
+    for run in runs:
+        for module in L.ARMS[
+            run.arm
+        ].modules:  # what VERL_USE_EXTERNAL_MODULES imports in the trainer's processes
             importlib.import_module(module)
-        run_dir = tmp_path / "runs" / arm
-        ov = L.rl_overrides(settings, data, model, arm, 0, run_dir, levels=[2], val_only=a.kind == "base")
-        cfg = compose_recipe(*cpu_overrides("hf_cpu"), *ov)
+        cfg = compose_recipe(
+            *cpu_overrides("hf_cpu"), *L.run_overrides(run, data, str(model), tmp_path / run.name)
+        )
         validate_verl_config(cfg)
-        assert cfg.data.train_files == data.train and cfg.trainer.val_only == (a.kind == "base"), arm
-        checked.append(arm)
-    assert len(checked) == len([a for a in L.ARMS.values() if a.kind in ("rl", "sft_rl", "base")]) >= 15
+        kind = L.ARMS[run.arm].kind
+        assert cfg.trainer.val_only == (kind in ("base", "sft")), run.name
+        assert cfg.trainer.val_before_train == (kind in ("base", "sft", "sft_rl")), run.name
+    assert {r.arm for r in runs} == {a for a, arm in L.ARMS.items() if arm.kind != "reference"}
 
 
 def test_base_model_bits_do_not_depend_on_the_callers_thread_count(tmp_path):
