@@ -261,8 +261,8 @@ TIER_OF = {module: tier for tier, modules in TIERS.items() for module in modules
 
 
 #: Trainer launches at once in a test session, across its pytest workers (:func:`benchmarks.launch.launch_slot`):
-#: the learning check's runs (two at a time), or two single launches; never a third beside them (on 2 cores it starved Ray's
-#: start-up past its 30 s node-registration timeout). ``BENCH_LAUNCH_SLOTS`` in the environment wins (0: no cap).
+#: the learning check's runs (two at a time), or two single launches; never a third beside them (on 2 cores it
+#: starved Ray's start-up past its 30 s node-registration timeout). ``BENCH_LAUNCH_SLOTS`` in the environment wins (0: no cap).
 LAUNCH_SLOTS = 2
 
 

@@ -1,10 +1,10 @@
 """Learning, not plumbing: RFT at the benchmark's tuned learning rate learns from its reward.
 
 ``scripts/bench_learning.py --ci``, run as a user runs it: from the cached task-pretrained base model (built
-when missing: ~30 s alone on 2 cores, ~45 s inside ``make test``), three runs of the recipe through verl's real v1 trainer, two at a time: the
-base model validated alone (``trainer.val_only``), RFT (``+preset=rft``) and the shuffled-reward control (the
-same run with each batch's rewards permuted across its rollouts, ``benchmarks/controls.py``: the same reward
-rate, no information about which answer was right). They are the seed-0 runs of ``make bench-learning``'s
+when missing: ~30 s alone on 2 cores, ~45 s inside ``make test``), three runs of the recipe through verl's real
+v1 trainer, two at a time: the base model validated alone (``trainer.val_only``), RFT (``+preset=rft``) and the
+shuffled-reward control (the same run with each batch's rewards permuted across its rollouts,
+``benchmarks/controls.py``: the same reward rate, no information about which answer was right). They are the seed-0 runs of ``make bench-learning``'s
 comparison (its tuned settings and :data:`STEPS` steps, the same data order and seeds), validated on the
 2-digit test problems only, at the end (avg@4 at temperature 0.6, seeded by ``prefix_rft.val_seed``: the same
 checkpoint gives the same number on every run; validation requests do not draw from the rollout engine's
