@@ -121,6 +121,12 @@ def _composed(overrides: tuple[str, ...], config_name: str):
     return compose_recipe_with_hydra(*overrides, config_name=config_name)
 
 
+def _repo_on_path(env: dict[str, str]) -> dict[str, str]:
+    """``env`` (changed in place, returned) with the repository first on ``PYTHONPATH``."""
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
 def run_launcher(
     script: str,
     *args: str,
@@ -134,7 +140,7 @@ def run_launcher(
     env = dict(os.environ, PYTHON=sys.executable, HOME=os.environ.get("HOME", "/tmp"))
     for key in LAUNCHER_ENV:
         env.pop(key, None)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    _repo_on_path(env)
     env.update(env_extra)
     cmd = ["bash", str(ROOT / "scripts" / script), *args, *(["--cfg", "job"] if cfg_job else [])]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
@@ -157,8 +163,9 @@ def run_benchmark(cmd: list[str], timeout_s: float) -> str:
     """Run a benchmark entry point from the repository root as a user runs it, the repository on ``PYTHONPATH``;
     returns its stdout. Fails the test, with the output's tail, when it exits non-zero or runs past
     ``timeout_s`` (its own process group: the trainers and Ray processes it started are stopped with it)."""
-    env = dict(os.environ, PY=sys.executable)  # scripts/bench_e2e_cpu.sh runs "$PY -m benchmarks.e2e"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env = _repo_on_path(
+        dict(os.environ, PY=sys.executable)
+    )  # scripts/bench_e2e_cpu.sh runs "$PY -m benchmarks.e2e"
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,
@@ -262,7 +269,8 @@ TIER_OF = {module: tier for tier, modules in TIERS.items() for module in modules
 
 #: Trainer launches at once in a test session, across its pytest workers (:func:`benchmarks.launch.launch_slot`):
 #: the learning check's runs (two at a time), or two single launches; never a third beside them (on 2 cores it
-#: starved Ray's start-up past its 30 s node-registration timeout). ``BENCH_LAUNCH_SLOTS`` in the environment wins (0: no cap).
+#: starved Ray's start-up past its 30 s node-registration timeout). ``BENCH_LAUNCH_SLOTS`` in the environment wins
+#: (0: no cap).
 LAUNCH_SLOTS = 2
 
 
