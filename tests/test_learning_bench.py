@@ -184,9 +184,8 @@ def test_every_run_passes_the_recipes_start_up_checks(compose_recipe, tmp_path, 
     runs = L.matrix_runs(settings, [a for a in L.ARMS if L.ARMS[a].kind != "sft"])
     runs.append(L.sweep_runs("sft_lr", settings)[0])  # an SFT model's validation
     for run in runs:
-        for module in L.ARMS[
-            run.arm
-        ].modules:  # what VERL_USE_EXTERNAL_MODULES imports in the trainer's processes
+        # what VERL_USE_EXTERNAL_MODULES imports in the trainer's processes
+        for module in L.ARMS[run.arm].modules:
             importlib.import_module(module)
         cfg = compose_recipe(
             *cpu_overrides("hf_cpu"), *L.run_overrides(run, data, str(model), tmp_path / run.name)
