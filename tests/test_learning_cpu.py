@@ -37,15 +37,15 @@ LEVEL = L.CI_LEVEL
 STEPS = 32
 
 #: Held-out 2-digit avg@4 after 32 steps (the base model: 0.2207 on every run): ``make bench-learning`` seeds
-#: 0, 1, 2 (docs/results/learning/matrix-*), then three runs of this test (seed 0; the third through ``--ci``).
-#: The training is not bit-reproducible (the rollout server draws request seeds in arrival order): seed 0 read
-#: 43.4, 43.0, 35.9, 41.4.
+#: 0, 1, 2 (docs/results/learning/matrix-*), then five runs of this test (seed 0; the last three through ``--ci``,
+#: the fifth beside ``make test-fast``). The training is not bit-reproducible (the rollout server draws request
+#: seeds in arrival order): seed 0 read 43.4, 43.0, 35.9, 41.4, 44.5, 38.5.
 MEASURED: dict[str, list[float]] = {
-    "rft": [0.4336, 0.3496, 0.4590, 0.4297, 0.3594, 0.4141],
-    "shuffled_reward": [0.0918, 0.1602, 0.1152, 0.0664, 0.1543, 0.0234],
+    "rft": [0.4336, 0.3496, 0.4590, 0.4297, 0.3594, 0.4141, 0.4453, 0.3848],
+    "shuffled_reward": [0.0918, 0.1602, 0.1152, 0.0664, 0.1543, 0.0234, 0.1582, 0.2578],
 }
 BASE = 0.2207
-#: Half the smallest measured gain over the base (12.9 points) and gap to the control (18.9 points).
+#: Half the smallest measured gain over the base (12.9 points) and gap to the control (12.7 points).
 MIN_GAIN = 0.5 * min(r - BASE for r in MEASURED["rft"])
 MIN_GAP = 0.5 * min(r - c for r, c in zip(MEASURED["rft"], MEASURED["shuffled_reward"], strict=True))
 
